@@ -1,0 +1,1 @@
+"""Thin client library for the snapd workspace snapshot daemon."""

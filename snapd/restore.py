@@ -1,0 +1,510 @@
+"""Diff-based, confined restore of a snapshot into its workspace.
+
+Plan: compare the workspace's index (fresh from the safety snapshot) with the target trees,
+descending only where tree ids differ. Verify: read and check every object the plan needs, so
+a corrupt store fails the restore before anything changes. Apply: walk the plan through directory
+descriptors (each opened with O_NOFOLLOW beneath its parent's), write each file under a new
+temporary name (O_CREAT|O_EXCL|O_NOFOLLOW), set its mode and mtime through the descriptor and
+rename it into place. A symlink swapped in by another process makes an operation fail; it never
+redirects a write outside the workspace.
+
+Paths the index does not know (excluded by the current rules or the target's, special files,
+files created after the scan) are never deleted; a directory holding such paths is emptied of
+what the index knows and kept, and reported as a conflict if the target needs its name.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+
+from .errors import Aborted, DataLoss, InvalidArgument, PermissionDenied, ResourceExhausted
+from .fsutil import join
+from .ignore import INTERNAL_PREFIX, Excludes
+from .index import DirNode, FileNode, Node
+from .store.format import (
+    ENTRY_CHUNKED,
+    ENTRY_DIR,
+    ENTRY_FILE,
+    ENTRY_KIND_NAMES,
+    ENTRY_SYMLINK,
+    TreeEntry,
+)
+from .store.store import Store
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_TMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Verified file contents kept in memory between the verify and apply passes.
+VERIFY_CACHE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class Change:
+    path: str
+    change: str  # added | modified | deleted | type_changed | metadata
+    kind: str  # file | dir | symlink (the new kind; the old one for deletions)
+    old_size: int = 0
+    new_size: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RestoreStats:
+    files_written: int = 0
+    bytes_written: int = 0
+    deleted: int = 0
+    dirs_created: int = 0
+    metadata_only: int = 0
+    conflicts: list[str] = field(default_factory=list)
+
+
+# --- plan ---------------------------------------------------------------------------------------
+@dataclass
+class _Op:
+    name: bytes
+    path: bytes
+    cur: Node | None
+    new: TreeEntry | None  # None: delete
+    sub: _DirPlan | None = None  # for directories: what changes inside
+    meta_only: bool = False
+
+
+@dataclass
+class _DirPlan:
+    ops: list[_Op]
+    exact: bool  # after applying, the directory equals the target tree
+
+
+def parse_paths(paths: list[str]) -> dict:
+    """Validate restore paths and build a trie: {name: subtrie}; a subtrie of None = whole."""
+    trie: dict = {}
+    for p in paths:
+        if not isinstance(p, str) or not p or p.startswith("/") or "\x00" in p:
+            raise InvalidArgument(f"restore path {p!r} must be a non-empty relative path")
+        parts = [c for c in p.split("/") if c not in ("", ".")]
+        if not parts or ".." in parts:
+            raise InvalidArgument(f"restore path {p!r} must stay inside the workspace (no '..')")
+        node = trie
+        for i, part in enumerate(parts):
+            key = os.fsencode(part)
+            if i == len(parts) - 1:
+                node[key] = None
+            else:
+                if key in node and node[key] is None:
+                    break  # an ancestor is restored whole already
+                node = node.setdefault(key, {})
+    return trie
+
+
+class Planner:
+    def __init__(self, store: Store, cur_excludes: Excludes, target_excludes: Excludes) -> None:
+        self.store = store
+        self.cur_excludes = cur_excludes
+        self.target_excludes = target_excludes
+        self.changes: list[Change] = []
+        self.needed: dict[bytes, tuple[bool, int]] = {}  # content ref -> (chunked, size)
+
+    def plan(self, cur: DirNode, target_tree: bytes, scope: dict | None) -> _DirPlan | None:
+        return self._dir(cur, self._entries(target_tree), b"", scope, cur.tree_id == target_tree)
+
+    def _entries(self, tree_id: bytes | None) -> dict[bytes, TreeEntry]:
+        if tree_id is None:
+            return {}
+        return {e.name: e for e in self.store.read_tree(tree_id)}
+
+    def _dir(
+        self,
+        cur: DirNode | None,
+        target: dict[bytes, TreeEntry],
+        rel: bytes,
+        scope: dict | None,
+        same: bool = False,
+    ) -> _DirPlan | None:
+        if same and scope is None:
+            return None
+        ops: list[_Op] = []
+        exact = scope is None
+        cur_entries = cur.entries if cur is not None else {}
+        names = set(target) | set(cur_entries) if scope is None else set(scope)
+        for name in sorted(names):
+            path = join(rel, name)
+            c = cur_entries.get(name)
+            t = target.get(name)
+            sub_scope = scope[name] if scope is not None else None
+            if scope is not None and sub_scope is not None:
+                # An ancestor of a requested path: recurse without restoring this dir itself.
+                op = self._partial(name, path, c, t, sub_scope)
+                if op is not None:
+                    ops.append(op)
+                continue
+            if t is not None and self.cur_excludes.excluded(path, t.kind == ENTRY_DIR):
+                exact = False  # the workspace's rules exclude it now: leave the path alone
+                continue
+            if t is None:
+                if c is None:
+                    continue
+                if self.target_excludes.excluded(path, isinstance(c, DirNode)):
+                    exact = False  # the target never tracked it: leave it alone
+                    continue
+                ops.append(_Op(name, path, c, None))
+                self._note(path, "deleted", c, None)
+                continue
+            op = self._entry(name, path, c, t)
+            if op is not None:
+                ops.append(op)
+                if op.sub is not None and not op.sub.exact:
+                    exact = False
+        return _DirPlan(ops, exact)
+
+    def _partial(self, name, path, c, t, sub_scope) -> _Op | None:
+        t_dir = t if t is not None and t.kind == ENTRY_DIR else None
+        c_dir = c if isinstance(c, DirNode) else None
+        if t_dir is None and c_dir is None:
+            return None  # neither side has a directory here: nothing below to restore
+        target = self._entries(t_dir.ref) if t_dir is not None else {}
+        sub = self._dir(c_dir, target, path, sub_scope)
+        if sub is None or not sub.ops:
+            return None
+        if c_dir is None:
+            # Create the missing ancestor with the target's metadata.
+            if c is not None:
+                self._note(path, "type_changed", c, t_dir)
+            else:
+                self._note(path, "added", None, t_dir)
+            return _Op(name, path, c, t_dir, sub)
+        keep = TreeEntry(name, ENTRY_DIR, c_dir.mode, c_dir.mtime_ns, 0, b"")
+        return _Op(name, path, c_dir, keep, sub)
+
+    def _entry(self, name: bytes, path: bytes, c: Node | None, t: TreeEntry) -> _Op | None:
+        if t.kind == ENTRY_DIR:
+            if isinstance(c, DirNode):
+                same = c.tree_id == t.ref
+                sub = None if same else self._dir(c, self._entries(t.ref), path, None)
+                meta = c.mode != t.mode or c.mtime_ns != t.mtime_ns
+                if sub is None and not meta:
+                    return None
+                if meta:
+                    self._note(path, "metadata", c, t)
+                return _Op(name, path, c, t, sub or _DirPlan([], True), meta_only=sub is None)
+            self._note(path, "type_changed" if c is not None else "added", c, t)
+            sub = self._dir(None, self._entries(t.ref), path, None)
+            return _Op(name, path, c, t, sub or _DirPlan([], True))
+        if isinstance(c, FileNode) and c.kind == t.kind and c.ref == t.ref:
+            if c.mode == t.mode and c.mtime_ns == t.mtime_ns:
+                return None
+            self._note(path, "metadata", c, t)
+            return _Op(name, path, c, t, meta_only=True)
+        if c is None:
+            self._note(path, "added", None, t)
+        elif isinstance(c, DirNode) or c.kind == ENTRY_SYMLINK or t.kind == ENTRY_SYMLINK:
+            self._note(path, "type_changed" if _kind(c) != _kind(t) else "modified", c, t)
+        else:
+            self._note(path, "modified", c, t)
+        if t.kind in (ENTRY_FILE, ENTRY_CHUNKED):
+            self.needed[t.ref] = (t.kind == ENTRY_CHUNKED, t.size)
+        return _Op(name, path, c, t)
+
+    def _note(self, path: bytes, change: str, c: Node | None, t: TreeEntry | None) -> None:
+        kind = _kind(t) if t is not None else _kind(c)
+        self.changes.append(
+            Change(
+                os.fsdecode(path),
+                change,
+                kind,
+                getattr(c, "size", 0) if c is not None else 0,
+                t.size if t is not None else 0,
+            )
+        )
+
+
+def _kind(x) -> str:
+    if isinstance(x, DirNode):
+        return "dir"
+    return ENTRY_KIND_NAMES[x.kind]
+
+
+# --- verify -------------------------------------------------------------------------------------
+def verify_needed(store: Store, needed: dict[bytes, tuple[bool, int]]) -> dict[bytes, list[bytes]]:
+    """Read and check every object the plan writes; returns contents that fit the cache."""
+    cache: dict[bytes, list[bytes]] = {}
+    budget = VERIFY_CACHE_BYTES
+    for ref, (chunked, size) in needed.items():
+        parts = list(store.iter_content(chunked, ref))  # raises DataLoss on damage
+        if sum(len(p) for p in parts) != size:
+            raise DataLoss(f"object {ref.hex()} has the wrong size")
+        if size <= budget:
+            cache[ref] = parts
+            budget -= size
+    return cache
+
+
+# --- apply --------------------------------------------------------------------------------------
+class Applier:
+    """Executes a plan through directory descriptors and keeps the index in step."""
+
+    def __init__(
+        self,
+        store: Store,
+        rootfd: int,
+        contents: dict[bytes, list[bytes]],
+        *,
+        fine_timestamps: bool,
+    ) -> None:
+        # Files written here are as trustworthy as scanned ones: racy only where timestamps
+        # are coarse (see scanner.RACY_MARGIN_NS).
+        self.racy = not fine_timestamps
+        self.store = store
+        self.rootfd = rootfd
+        self.contents = contents
+        self.stats = RestoreStats()
+        self.changed: dict[bytes, Node] = {}
+        self.removed: set[bytes] = set()
+        self.cleared: set[bytes] = set()
+
+    def apply(self, root: DirNode, plan: _DirPlan, target_root: bytes | None) -> None:
+        st = os.fstat(self.rootfd)
+        restore_mode = self._make_writable(self.rootfd, st)
+        try:
+            self._apply_dir(self.rootfd, b"", root, plan)
+        finally:
+            if restore_mode is not None:
+                os.chmod(self.rootfd, restore_mode)
+        root.tree_id = target_root if plan.exact and target_root is not None else None
+        self.changed[b""] = root
+
+    @staticmethod
+    def _make_writable(fd: int, st: os.stat_result) -> int | None:
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o700 != 0o700:
+            os.chmod(fd, mode | 0o700)
+            return mode
+        return None
+
+    def _apply_dir(self, dfd: int, rel: bytes, node: DirNode, plan: _DirPlan) -> None:
+        for op in plan.ops:
+            try:
+                self._apply_op(dfd, node, op)
+            except OSError as e:
+                if e.errno in (errno.EACCES, errno.EPERM):
+                    raise PermissionDenied(
+                        f"restore cannot write {os.fsdecode(op.path)}: {e.strerror}. Make the "
+                        "workspace writable by the daemon's user."
+                    ) from e
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise ResourceExhausted(
+                        f"no space left while restoring {os.fsdecode(op.path)}"
+                    ) from e
+                if e.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                    # Something the index does not know occupies the name: leave it.
+                    self.stats.conflicts.append(os.fsdecode(op.path))
+                    continue
+                if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV, errno.ENOENT):
+                    raise Aborted(
+                        f"the workspace changed during the restore at {os.fsdecode(op.path)} "
+                        f"({e.strerror}); nothing outside it was touched. Retry the restore."
+                    ) from e
+                raise
+
+    def _apply_op(self, dfd: int, parent: DirNode, op: _Op) -> None:
+        name, c, t = op.name, op.cur, op.new
+        parent.invalidate()
+        if t is None:
+            if self._delete(dfd, name, op.path, c):
+                parent.entries.pop(name, None)
+                self.removed.add(op.path)
+                self.changed.pop(op.path, None)
+            return
+        if t.kind == ENTRY_DIR:
+            self._apply_subdir(dfd, parent, op)
+            return
+        if op.meta_only and isinstance(c, FileNode):
+            node = self._set_meta(dfd, name, c, t)
+            if node is not None:
+                self._put(parent, op.path, name, node)
+                self.stats.metadata_only += 1
+                return
+        if isinstance(c, DirNode) and not self._delete(dfd, name, op.path, c):
+            self.stats.conflicts.append(os.fsdecode(op.path))
+            return
+        node = self._write_symlink(dfd, name, t) if t.kind == ENTRY_SYMLINK else None
+        if node is None and t.kind != ENTRY_SYMLINK:
+            node = self._write_file(dfd, name, t)
+        self._put(parent, op.path, name, node)
+
+    def _put(self, parent: DirNode, path: bytes, name: bytes, node: Node) -> None:
+        old = parent.entries.get(name)
+        if isinstance(old, DirNode) and old is not node:
+            self.cleared.add(path)
+        parent.entries[name] = node
+        self.changed[path] = node
+        self.removed.discard(path)
+
+    # directories
+    def _apply_subdir(self, dfd: int, parent: DirNode, op: _Op) -> None:
+        name, c, t = op.name, op.cur, op.new
+        if not isinstance(c, DirNode):
+            if c is not None:
+                os.unlink(name, dir_fd=dfd)
+                self.stats.deleted += 1
+            try:
+                os.mkdir(name, 0o700, dir_fd=dfd)
+                self.stats.dirs_created += 1
+            except FileExistsError:
+                pass  # appeared since the scan (unknown to the index): populate it
+            node = DirNode()
+        else:
+            node = c
+        cfd = os.open(name, _O_DIR, dir_fd=dfd)
+        try:
+            st = os.fstat(cfd)
+            self._make_writable(cfd, st)
+            sub = op.sub or _DirPlan([], True)
+            self._apply_dir(cfd, op.path, node, sub)
+            os.chmod(cfd, t.mode)
+            os.utime(cfd, ns=(t.mtime_ns, t.mtime_ns))
+            st = os.fstat(cfd)
+        finally:
+            os.close(cfd)
+        node.mode, node.mtime_ns = t.mode, t.mtime_ns
+        node.ctime_ns, node.ino = st.st_ctime_ns, st.st_ino
+        if t.ref and sub.exact:
+            node.tree_id = node.base_tree = t.ref
+        else:
+            node.invalidate()
+        self._put(parent, op.path, name, node)
+
+    def _delete(self, dfd: int, name: bytes, path: bytes, node: Node | None) -> bool:
+        """Remove what the index knows at `name`; False if something unknown kept a dir alive."""
+        if not isinstance(node, DirNode):
+            try:
+                os.unlink(name, dir_fd=dfd)
+            except FileNotFoundError:
+                return True
+            except IsADirectoryError:
+                self.stats.conflicts.append(os.fsdecode(path))
+                return False
+            self.stats.deleted += 1
+            return True
+        try:
+            cfd = os.open(name, _O_DIR, dir_fd=dfd)
+        except FileNotFoundError:
+            return True
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                os.unlink(name, dir_fd=dfd)  # it is a symlink or file now: remove the link only
+                return True
+            raise
+        try:
+            self._make_writable(cfd, os.fstat(cfd))
+            for child_name, child in list(node.entries.items()):
+                child_path = join(path, child_name)
+                if self._delete(cfd, child_name, child_path, child):
+                    node.entries.pop(child_name, None)
+                    self.removed.add(child_path)
+        finally:
+            os.close(cfd)
+        try:
+            os.rmdir(name, dir_fd=dfd)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                node.invalidate()
+                self.stats.conflicts.append(os.fsdecode(path))
+                return False
+            raise
+        self.stats.deleted += 1
+        return True
+
+    # files
+    def _tmpname(self) -> bytes:
+        return INTERNAL_PREFIX + b"tmp-" + secrets.token_hex(6).encode()
+
+    def _write_file(self, dfd: int, name: bytes, t: TreeEntry) -> FileNode:
+        tmp = self._tmpname()
+        fd = os.open(tmp, _O_TMP, 0o600, dir_fd=dfd)
+        try:
+            try:
+                parts = self.contents.get(t.ref)
+                if parts is None:
+                    parts = self.store.iter_content(t.kind == ENTRY_CHUNKED, t.ref)
+                written = 0
+                for p in parts:
+                    view = memoryview(p)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                        written += n
+                os.chmod(fd, t.mode)
+                os.utime(fd, ns=(t.mtime_ns, t.mtime_ns))
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise
+        self.stats.files_written += 1
+        self.stats.bytes_written += written
+        return FileNode(
+            t.kind, t.mode, t.size, t.mtime_ns, t.ref, st.st_ctime_ns, st.st_ino, racy=self.racy
+        )
+
+    def _write_symlink(self, dfd: int, name: bytes, t: TreeEntry) -> FileNode:
+        tmp = self._tmpname()
+        os.symlink(t.ref, tmp, dir_fd=dfd)
+        try:
+            os.utime(tmp, ns=(t.mtime_ns, t.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+            st = os.stat(tmp, dir_fd=dfd, follow_symlinks=False)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise
+        self.stats.files_written += 1
+        return FileNode(
+            ENTRY_SYMLINK,
+            stat.S_IMODE(st.st_mode),
+            len(t.ref),
+            t.mtime_ns,
+            t.ref,
+            st.st_ctime_ns,
+            st.st_ino,
+            racy=self.racy,
+        )
+
+    def _set_meta(self, dfd: int, name: bytes, c: FileNode, t: TreeEntry) -> FileNode | None:
+        """Fix mode/mtime in place; None if the file must be rewritten instead."""
+        if t.kind == ENTRY_SYMLINK:
+            os.utime(name, ns=(t.mtime_ns, t.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if not stat.S_ISLNK(st.st_mode):
+                return None
+        else:
+            try:
+                fd = os.open(
+                    name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd
+                )
+            except OSError:
+                return None
+            try:
+                st = os.fstat(fd)
+                # Another hard link would see the change: give this path its own inode instead.
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_ino != c.ino:
+                    return None
+                os.chmod(fd, t.mode)
+                os.utime(fd, ns=(t.mtime_ns, t.mtime_ns))
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+        return FileNode(
+            t.kind, t.mode, t.size, t.mtime_ns, t.ref, st.st_ctime_ns, st.st_ino, racy=c.racy
+        )

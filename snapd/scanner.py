@@ -1,0 +1,585 @@
+"""Change detection: bring a workspace's index up to date with the directory, storing what changed.
+
+Two ways in: a full walk (every directory listed, every entry lstat'ed) or a list of paths that
+may have changed (from the file watcher), each re-checked the same way. In both, the stat cache
+decides: an entry whose (size, mtime, ctime, inode, mode) match the index and that is not racy
+is not read again. Everything else is read through a descriptor opened beneath the root without
+following symlinks, with an fstat before and after the read; a file that changed while it was
+read is read again, so a torn read is never stored.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from pyfastcdc import FastCDC
+
+from .errors import Aborted, PermissionDenied
+from .fsutil import join, open_beneath, read_all, split
+from .ignore import IGNORE_FILE, Excludes, is_internal
+from .index import DirNode, FileNode, Node
+from .store.format import (
+    ENTRY_CHUNKED,
+    ENTRY_FILE,
+    ENTRY_SYMLINK,
+    KIND_CHUNKLIST,
+    KIND_DATA,
+    KIND_TREE,
+    encode_chunklist,
+)
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+S_IFMT = 0o170000
+
+# Files up to this size are stored whole (as restic and borg do below 512 KiB-1 MiB); larger
+# ones are split by content-defined chunking so that an append or insert stores only new chunks.
+CHUNK_THRESHOLD = 1024 * 1024
+CHUNK_MIN, CHUNK_AVG, CHUNK_MAX = 64 * 1024, 256 * 1024, 1024 * 1024
+# A file whose ctime is this close to the scan's start is "racy" on file systems with coarse
+# timestamps: a later write in the same clock tick would leave its stat data unchanged.
+RACY_MARGIN_NS = 100_000_000
+# A file changed this recently may be mid-write: read it twice and compare.
+HOT_NS = 20_000_000
+MAX_READ_ATTEMPTS = 5
+PARALLEL_MIN = 16  # candidates below this are read inline
+
+
+@dataclass
+class ScanStats:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes: int = 0  # logical bytes of the regular files visited
+    read_files: int = 0
+    read_bytes: int = 0
+    skipped_special: int = 0
+    vanished: int = 0
+    retried_reads: int = 0
+    special_paths: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["special_paths"] = d["special_paths"][:20]
+        return d
+
+
+class HashOnly:
+    """An object sink for dry runs: computes ids, stores nothing."""
+
+    def __init__(self, keys) -> None:
+        self._keys = keys
+
+    def put(self, kind: int, raw: bytes, *, children=None, base=None) -> bytes:
+        return self._keys.object_id(kind, raw)
+
+
+class _Rescan(Exception):
+    """The entry changed type between lstat and open; look at it again."""
+
+
+class Scanner:
+    """One change-detection pass over a workspace. Mutates the index in place.
+
+    After a failed pass the index may mention objects that were never committed: the caller
+    must reload it from the catalog.
+    """
+
+    def __init__(
+        self,
+        rootfd: int,
+        root: DirNode,
+        excludes: Excludes,
+        sink,
+        *,
+        fine_timestamps: bool,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.rootfd = rootfd
+        self.root = root
+        self.excludes = excludes
+        self.sink = sink
+        self.fine_timestamps = fine_timestamps
+        self.pool = pool
+        self.start_ns = time.time_ns()
+        self.stats = ScanStats()
+        self.changed: dict[bytes, Node] = {}  # path -> new node (files, symlinks, dirs)
+        self.removed: set[bytes] = set()  # paths removed (dirs: with their subtree)
+        self.cleared: set[bytes] = set()  # directories replaced by another kind of entry
+        self.errors: list[tuple[str, str]] = []
+        self.ignore_file_changed = False
+        self._candidates: list[tuple[bytes, bytes, DirNode, list[DirNode], FileNode | None]] = []
+
+    # --- entry points -------------------------------------------------------------------------
+    def full(self) -> None:
+        self._scan_dir(self.rootfd, b"", self.root, [])
+        self._ingest_candidates()
+        self._raise_errors()
+
+    def paths(self, paths: Iterable[bytes], subtrees: Iterable[bytes] = ()) -> None:
+        """Re-check only these paths (and rescan these subtrees fully)."""
+        subtrees = set(subtrees)
+        for rel in sorted(subtrees, key=len):
+            self._scan_path(rel, recursive=True)
+        for rel in sorted(set(paths) - subtrees, key=len):
+            self._scan_path(rel, recursive=False)
+        self._ingest_candidates()
+        self._raise_errors()
+
+    # --- bookkeeping --------------------------------------------------------------------------
+    @staticmethod
+    def _invalidate(chain: list[DirNode]) -> None:
+        for d in reversed(chain):
+            if d.tree_id is None:
+                break
+            d.invalidate()
+
+    def _set(self, parent: DirNode, chain: list[DirNode], name: bytes, path: bytes, node: Node):
+        old = parent.entries.get(name)
+        if isinstance(old, DirNode) and old is not node:
+            self.cleared.add(path)  # the old directory's persisted descendants must go
+        parent.entries[name] = node
+        self.changed[path] = node
+        self.removed.discard(path)
+        self._invalidate(chain)
+        if path == IGNORE_FILE:
+            self.ignore_file_changed = True
+
+    def _remove(self, parent: DirNode, chain: list[DirNode], name: bytes, path: bytes) -> None:
+        old = parent.entries.pop(name, None)
+        if old is None:
+            return
+        self.removed.add(path)
+        self.changed.pop(path, None)
+        if isinstance(old, DirNode):
+            prefix = path + b"/"
+            for p in [p for p in self.changed if p.startswith(prefix)]:
+                del self.changed[p]
+        self._invalidate(chain)
+        if path == IGNORE_FILE:
+            self.ignore_file_changed = True
+
+    def _racy(self, st: os.stat_result) -> bool:
+        return not self.fine_timestamps and st.st_ctime_ns >= self.start_ns - RACY_MARGIN_NS
+
+    def _raise_errors(self) -> None:
+        if self.errors:
+            shown = "; ".join(f"{p}: {why}" for p, why in self.errors[:10])
+            more = f" (and {len(self.errors) - 10} more)" if len(self.errors) > 10 else ""
+            raise PermissionDenied(
+                f"cannot read {len(self.errors)} path(s) in the workspace: {shown}{more}. "
+                "Make them readable by the daemon's user or exclude them in .snapdignore.",
+                details={"paths": [p for p, _ in self.errors]},
+            )
+
+    def _error(self, path: bytes, e: OSError) -> None:
+        self.errors.append((os.fsdecode(path), e.strerror or str(e)))
+
+    # --- full walk ----------------------------------------------------------------------------
+    def _scan_dir(self, dfd: int, rel: bytes, node: DirNode, chain: list[DirNode]) -> None:
+        chain.append(node)
+        try:
+            self._scan_dir_entries(dfd, rel, node, chain)
+        finally:
+            chain.pop()
+
+    def _scan_dir_entries(self, dfd: int, rel: bytes, node: DirNode, chain) -> None:
+        entries = node.entries
+        seen: set[bytes] = set()
+        excludes = self.excludes if self.excludes else None
+        stats = self.stats
+        try:
+            it = os.scandir(dfd)
+        except OSError as e:
+            self._error(rel or b".", e)  # the snapshot fails; the index is reloaded
+            return
+        with it:
+            for de in it:
+                name = os.fsencode(de.name)
+                if is_internal(name):
+                    continue
+                path = rel + b"/" + name if rel else name
+                try:
+                    st = de.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    stats.vanished += 1
+                    continue
+                fmt = st.st_mode & S_IFMT
+                old = entries.get(name)
+                if fmt == stat.S_IFREG:
+                    if excludes is not None and excludes.excluded(path, False):
+                        continue
+                    seen.add(name)
+                    stats.files += 1
+                    stats.bytes += st.st_size
+                    if (
+                        old is not None
+                        and old.__class__ is FileNode
+                        and old.kind != ENTRY_SYMLINK
+                        and not old.racy
+                        and old.size == st.st_size
+                        and old.mtime_ns == st.st_mtime_ns
+                        and old.ctime_ns == st.st_ctime_ns
+                        and old.ino == st.st_ino
+                        and old.mode == st.st_mode & 0o7777
+                    ):
+                        continue
+                    self._invalidate(chain)
+                    self._candidates.append((path, name, node, list(chain), old))
+                elif fmt == stat.S_IFDIR:
+                    if excludes is not None and excludes.excluded(path, True):
+                        continue
+                    seen.add(name)
+                    stats.dirs += 1
+                    child = self._dir_node(node, chain, name, path, st, old)
+                    try:
+                        cfd = os.open(name, _O_DIR, dir_fd=dfd)
+                    except OSError as e:
+                        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                            seen.discard(name)  # replaced or gone: dropped below
+                            stats.vanished += 1
+                            continue
+                        self._error(path, e)
+                        continue
+                    try:
+                        self._scan_dir(cfd, path, child, chain)
+                    finally:
+                        os.close(cfd)
+                elif fmt == stat.S_IFLNK:
+                    if excludes is not None and excludes.excluded(path, False):
+                        continue
+                    seen.add(name)
+                    stats.symlinks += 1
+                    if not (
+                        old is not None
+                        and old.__class__ is FileNode
+                        and old.kind == ENTRY_SYMLINK
+                        and old.mtime_ns == st.st_mtime_ns
+                        and old.ctime_ns == st.st_ctime_ns
+                        and old.ino == st.st_ino
+                        and not old.racy
+                    ):
+                        try:
+                            target = os.readlink(name, dir_fd=dfd)
+                        except FileNotFoundError:
+                            seen.discard(name)
+                            stats.vanished += 1
+                            continue
+                        except OSError as e:
+                            if e.errno == errno.EINVAL:  # no longer a symlink: next pass
+                                seen.discard(name)
+                                continue
+                            raise
+                        self._set(node, chain, name, path, self._symlink_node(st, target))
+                else:
+                    stats.skipped_special += 1
+                    if len(stats.special_paths) < 100:
+                        stats.special_paths.append(os.fsdecode(path))
+        if len(seen) != len(entries):
+            for name in [n for n in entries if n not in seen]:
+                self._remove(node, chain, name, join(rel, name))
+
+    def _dir_node(self, parent, chain, name, path, st, old) -> DirNode:
+        perms = st.st_mode & 0o7777
+        if old is None or old.__class__ is not DirNode:
+            child = DirNode(perms, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            self._set(parent, chain, name, path, child)
+            return child
+        if old.mode != perms or old.mtime_ns != st.st_mtime_ns:
+            old.mode, old.mtime_ns = perms, st.st_mtime_ns
+            self.changed[path] = old
+            self._invalidate(chain)
+        if old.ctime_ns != st.st_ctime_ns or old.ino != st.st_ino:
+            old.ctime_ns, old.ino = st.st_ctime_ns, st.st_ino
+            self.changed[path] = old
+        return old
+
+    def _symlink_node(self, st: os.stat_result, target: str | bytes) -> FileNode:
+        t = os.fsencode(target)
+        return FileNode(
+            ENTRY_SYMLINK,
+            st.st_mode & 0o7777,
+            len(t),
+            st.st_mtime_ns,
+            t,
+            st.st_ctime_ns,
+            st.st_ino,
+            self._racy(st),
+        )
+
+    # --- single paths -------------------------------------------------------------------------
+    def _chain_to(self, rel: bytes) -> tuple[list[DirNode], bytes | None]:
+        """Index directories from the root to rel's parent, or (partial chain, first missing)."""
+        chain = [self.root]
+        if not rel:
+            return chain, None
+        parts = rel.split(b"/")
+        node = self.root
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.entries.get(part)
+            if not isinstance(nxt, DirNode):
+                return chain, b"/".join(parts[: i + 1])
+            chain.append(nxt)
+            node = nxt
+        return chain, None
+
+    def _scan_path(self, rel: bytes, recursive: bool) -> None:
+        if not rel:
+            self._scan_dir(self.rootfd, b"", self.root, [])
+            return
+        chain, missing = self._chain_to(rel)
+        if missing is not None:
+            # An ancestor is new to the index (or was not a directory): scan it whole.
+            self._scan_path(missing, recursive=True)
+            return
+        parent_rel, name = split(rel)
+        if any(is_internal(p) for p in rel.split(b"/")):
+            return
+        parent = chain[-1]
+        try:
+            pfd = open_beneath(self.rootfd, parent_rel)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV):
+                if parent_rel:
+                    self._scan_path(parent_rel, recursive=True)
+                return
+            self._error(parent_rel, e)
+            return
+        try:
+            self._scan_entry(pfd, parent_rel, parent, chain, name, rel, recursive)
+            if parent_rel:
+                self._refresh_dir_stat(pfd, parent_rel, chain)
+        finally:
+            os.close(pfd)
+
+    def _refresh_dir_stat(self, dfd: int, rel: bytes, chain: list[DirNode]) -> None:
+        st = os.fstat(dfd)
+        node = chain[-1]
+        if node.mode != st.st_mode & 0o7777 or node.mtime_ns != st.st_mtime_ns:
+            node.mode, node.mtime_ns = st.st_mode & 0o7777, st.st_mtime_ns
+            node.ctime_ns, node.ino = st.st_ctime_ns, st.st_ino
+            self.changed[rel] = node
+            self._invalidate(chain[:-1])
+
+    def _scan_entry(self, pfd, parent_rel, parent, chain, name, rel, recursive) -> None:
+        old = parent.entries.get(name)
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            self._remove(parent, chain, name, rel)
+            return
+        except OSError as e:
+            self._error(rel, e)
+            return
+        fmt = st.st_mode & S_IFMT
+        is_dir = fmt == stat.S_IFDIR
+        if self.excludes and self.excludes.excluded(rel, is_dir):
+            self._remove(parent, chain, name, rel)
+            return
+        if is_dir:
+            fresh = old is None or old.__class__ is not DirNode
+            child = self._dir_node(parent, chain, name, rel, st, old)
+            if fresh or recursive:
+                try:
+                    cfd = os.open(name, _O_DIR, dir_fd=pfd)
+                except OSError as e:
+                    if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                        self._remove(parent, chain, name, rel)
+                        return
+                    self._error(rel, e)
+                    return
+                try:
+                    self._scan_dir(cfd, rel, child, chain)
+                finally:
+                    os.close(cfd)
+        elif fmt == stat.S_IFREG:
+            if (
+                old is not None
+                and old.__class__ is FileNode
+                and old.kind != ENTRY_SYMLINK
+                and not old.racy
+                and old.size == st.st_size
+                and old.mtime_ns == st.st_mtime_ns
+                and old.ctime_ns == st.st_ctime_ns
+                and old.ino == st.st_ino
+                and old.mode == st.st_mode & 0o7777
+            ):
+                return
+            self._invalidate(chain)
+            self._candidates.append((rel, name, parent, list(chain), old))
+        elif fmt == stat.S_IFLNK:
+            try:
+                target = os.readlink(name, dir_fd=pfd)
+            except OSError:
+                self._remove(parent, chain, name, rel)
+                return
+            node = self._symlink_node(st, target)
+            if not (
+                old is not None
+                and old.__class__ is FileNode
+                and old.kind == ENTRY_SYMLINK
+                and old.ref == node.ref
+                and old.mtime_ns == node.mtime_ns
+                and old.ctime_ns == node.ctime_ns
+                and old.ino == node.ino
+                and not old.racy
+            ):
+                self._set(parent, chain, name, rel, node)
+        else:
+            self.stats.skipped_special += 1
+            self._remove(parent, chain, name, rel)
+
+    # --- reading file content -----------------------------------------------------------------
+    def _ingest_candidates(self) -> None:
+        cands, self._candidates = self._candidates, []
+        if not cands:
+            return
+        if self.pool is not None and len(cands) >= PARALLEL_MIN:
+            results = list(self.pool.map(self._ingest_safe, cands))
+        else:
+            results = [self._ingest_safe(c) for c in cands]
+        rescan = []
+        for (path, name, parent, chain, _old), res in zip(cands, results, strict=True):
+            if isinstance(res, FileNode):
+                self._set(parent, chain, name, path, res)
+            elif res is None:
+                self.stats.vanished += 1
+                self._remove(parent, chain, name, path)
+            elif isinstance(res, _Rescan):
+                rescan.append(path)
+            elif isinstance(res, OSError):
+                self._error(path, res)
+            else:
+                raise res
+        for path in rescan:
+            self._scan_path(path, recursive=True)
+        if self._candidates:
+            self._ingest_candidates()
+
+    def _ingest_safe(self, cand):
+        try:
+            return self._ingest(cand[0], cand[4])
+        except (_Rescan, OSError, Aborted) as e:
+            return e
+
+    def _ingest(self, path: bytes, old: FileNode | None) -> FileNode | None:
+        for _attempt in range(MAX_READ_ATTEMPTS):
+            try:
+                fd = open_beneath(self.rootfd, path, _O_FILE)
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV, errno.ENXIO):
+                    raise _Rescan() from e
+                raise
+            try:
+                node = self._read_file(fd, old)
+            finally:
+                os.close(fd)
+            if node is not None:
+                return node
+            self.stats.retried_reads += 1
+        raise Aborted(
+            f"{os.fsdecode(path)} kept changing while it was read ({MAX_READ_ATTEMPTS} tries); "
+            "retry the snapshot when writes to it have finished"
+        )
+
+    def _read_file(self, fd: int, old: FileNode | None) -> FileNode | None:
+        """Store the file's content; None if it changed during the read."""
+        st1 = os.fstat(fd)
+        if not stat.S_ISREG(st1.st_mode):
+            raise _Rescan()
+        if st1.st_size <= CHUNK_THRESHOLD:
+            data = read_all(fd, st1.st_size)
+            st2 = os.fstat(fd)
+            if not _same(st1, st2) or len(data) != st2.st_size:
+                return None
+            if st2.st_ctime_ns >= time.time_ns() - HOT_NS and read_all(fd, st2.st_size) != data:
+                return None
+            base = old.ref if old is not None and old.kind == ENTRY_FILE else None
+            ref = self.sink.put(KIND_DATA, data, base=base)
+            kind = ENTRY_FILE
+        else:
+            chunks = []
+            total = 0
+            for ch in FastCDC(CHUNK_AVG, min_size=CHUNK_MIN, max_size=CHUNK_MAX).cut_stream(
+                _FdReader(fd)
+            ):
+                data = bytes(ch.data)
+                chunks.append((self.sink.put(KIND_DATA, data), len(data)))
+                total += len(data)
+            st2 = os.fstat(fd)
+            if not _same(st1, st2) or total != st2.st_size:
+                return None
+            base = old.ref if old is not None and old.kind == ENTRY_CHUNKED else None
+            ref = self.sink.put(
+                KIND_CHUNKLIST,
+                encode_chunklist(chunks),
+                children=[c for c, _ in chunks],
+                base=base,
+            )
+            kind = ENTRY_CHUNKED
+        self.stats.read_files += 1
+        self.stats.read_bytes += st2.st_size
+        return FileNode(
+            kind,
+            st2.st_mode & 0o7777,
+            st2.st_size,
+            st2.st_mtime_ns,
+            ref,
+            st2.st_ctime_ns,
+            st2.st_ino,
+            self._racy(st2),
+        )
+
+
+class _FdReader:
+    """A readinto() reader over a descriptor, for pyfastcdc's streaming chunker."""
+
+    __slots__ = ("fd", "pos")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pos = 0
+
+    def readinto(self, buf) -> int:
+        n = os.preadv(self.fd, [buf], self.pos)
+        self.pos += n
+        return n
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (
+        a.st_size == b.st_size
+        and a.st_mtime_ns == b.st_mtime_ns
+        and a.st_ctime_ns == b.st_ctime_ns
+        and a.st_ino == b.st_ino
+    )
+
+
+def encode_dirty(root: DirNode, sink, upserts: list[tuple[bytes, Node]] | None = None) -> bytes:
+    """Encode and store every directory whose tree is stale, children first; returns the root id.
+
+    Each re-encoded directory is appended to `upserts` (its persisted record changes).
+    """
+
+    def visit(node: DirNode, path: bytes) -> bytes:
+        for name, child in node.entries.items():
+            if isinstance(child, DirNode) and child.tree_id is None:
+                visit(child, join(path, name))
+        raw, children = node.encode()
+        node.tree_id = sink.put(KIND_TREE, raw, children=children, base=node.base_tree)
+        node.base_tree = node.tree_id
+        if upserts is not None:
+            upserts.append((path, node))
+        return node.tree_id
+
+    if root.tree_id is not None:
+        return root.tree_id
+    return visit(root, b"")

@@ -1,0 +1,975 @@
+"""The store: content-addressed objects in pack files, indexed and cataloged in SQLite.
+
+Write path (ObjectWriter): hash -> dedup check (byte-compared, never trusting the hash alone) ->
+compress (delta against a base when the caller names one) -> append to the active pack ->
+insert index rows and take references on children -> commit the snapshot record. The snapshot
+record is the single commit point; a crash before it leaves only unreferenced objects, which
+garbage collection removes.
+
+Reference counts: every object counts the references it receives from trees, chunk lists, deltas
+(their base), snapshots (their root tree) and workspace heads (the tree the workspace's stat
+cache describes). Counts change only inside the transaction that inserts or deletes the
+referrer, so they are exact after any crash. Objects at zero are garbage.
+
+Locking: writers and readers of snapshots hold a shared flock on `lock` for the whole operation;
+garbage collection deletes only while holding it exclusively. So an object that a running
+snapshot has decided to reuse cannot disappear under it, across processes too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from ..errors import (
+    Aborted,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SnapdError,
+)
+from . import codec as codecs
+from .catalog import (
+    SNAPSHOT_COLUMNS,
+    WORKSPACE_COLUMNS,
+    SnapshotRecord,
+    WorkspaceRecord,
+    connect,
+    init_schema,
+)
+from .format import (
+    CODEC_ZSTD_DELTA,
+    FORMAT_VERSION,
+    KIND_CHUNKLIST,
+    KIND_DATA,
+    KIND_NAMES,
+    KIND_TREE,
+    Keys,
+    TreeEntry,
+    decode_chunklist,
+    decode_record_header,
+    decode_tree,
+    encode_record,
+    record_header_size,
+)
+from .packs import PackReader, PackWriter, pack_filename
+
+SECRET_FILE = "secret"
+CATALOG_FILE = "catalog.db"
+PACKS_DIR = "packs"
+LOCK_FILE = "lock"
+
+# Flush pending objects to a pack once this much raw content is buffered.
+FLUSH_RAW_BYTES = 16 * 1024 * 1024
+FLUSH_OBJECTS = 4096
+# A delta this small relative to the raw content is taken without trying plain compression.
+GOOD_DELTA_RATIO = 8
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    id: bytes
+    kind: int
+    codec: int
+    pack: int
+    pack_name: str
+    offset: int
+    length: int
+    raw_size: int
+    base: bytes | None
+    refs: int
+
+
+@dataclass
+class Retention:
+    """Which snapshots of a workspace survive eviction."""
+
+    keep_last: int = 5  # the sliding window: newest N snapshots of any origin
+    keep_durable: int = 20  # newest N durable snapshots, beyond the window
+    durable_max_age: float | None = None  # seconds; durable ones younger than this are kept too
+
+    def validate(self) -> None:
+        if self.keep_last < 1:
+            raise InvalidArgument("keep_last must be at least 1 (the newest snapshot is kept)")
+        if self.keep_durable < 0:
+            raise InvalidArgument("keep_durable must not be negative")
+        if self.durable_max_age is not None and self.durable_max_age < 0:
+            raise InvalidArgument("durable_max_age must not be negative")
+
+
+@dataclass
+class NewSnapshot:
+    root_tree: bytes
+    label: str = ""
+    metadata: dict = field(default_factory=dict)
+    origin: str = "user"
+    parent: str | None = None
+    stats: dict = field(default_factory=dict)
+    pinned: bool = False
+    excludes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IndexDelta:
+    """Changes to a workspace's persisted stat cache, applied with the commit."""
+
+    upserts: list[tuple[bytes, bytes]] = field(default_factory=list)
+    deletes: list[bytes] = field(default_factory=list)
+    delete_subtrees: list[bytes] = field(default_factory=list)  # paths whose descendants go
+    replace_all: bool = False
+
+
+@dataclass
+class _Pending:
+    oid: bytes
+    kind: int
+    codec: int
+    raw: bytes
+    payload: bytes
+    base: bytes | None
+    children: list[bytes]
+    repair: bool = False
+
+
+class Store:
+    """A store directory. Safe to share between threads and between processes."""
+
+    def __init__(self, root: str, keys: Keys) -> None:
+        self.root = root
+        self.keys = keys
+        self.packs_dir = os.path.join(root, PACKS_DIR)
+        self._db_path = os.path.join(root, CATALOG_FILE)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._reader = PackReader(self.packs_dir)
+        self._writer = PackWriter(self.packs_dir, self._register_pack)
+        self._pack_names: dict[int, str] = {}
+        self._tree_cache: OrderedDict[bytes, list[TreeEntry]] = OrderedDict()
+        self._tree_cache_entries = 0
+        self._tree_cache_lock = threading.Lock()
+        self.tree_cache_limit = 400_000  # decoded entries kept in memory
+        self.closed = False
+
+    # --- opening ------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str, *, create: bool = True) -> Store:
+        root = os.path.abspath(root)
+        db = os.path.join(root, CATALOG_FILE)
+        if not os.path.exists(db):
+            if not create:
+                raise NotFound(f"no snapd store at {root}")
+            _create_store(root)
+        try:
+            with open(os.path.join(root, SECRET_FILE), "rb") as f:
+                secret = f.read()
+        except FileNotFoundError as e:
+            raise DataLoss(
+                f"the store at {root} has lost its secret file; its content addresses "
+                "cannot be computed without it"
+            ) from e
+        store = cls(root, Keys(secret))
+        try:
+            store._check_format()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _check_format(self) -> None:
+        row = self._conn().execute("SELECT value FROM meta WHERE key='format_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version != FORMAT_VERSION:
+            raise FailedPrecondition(
+                f"the store at {self.root} has format version {version}; this snapd reads "
+                f"version {FORMAT_VERSION}"
+            )
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._writer.close()
+        self._reader.close()
+        with self._conns_lock:
+            for c in self._conns:
+                with contextlib.suppress(sqlite3.Error):
+                    c.close()
+            self._conns.clear()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- SQLite -------------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.closed:
+                raise FailedPrecondition("the store is closed")
+            conn = connect(self._db_path)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """A write transaction. durable=True commits with synchronous=FULL (fsync of the WAL)."""
+        conn = self._conn()
+        if conn.in_transaction:
+            raise RuntimeError("nested store transaction")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise _sqlite_error(e) from e
+        try:
+            yield conn
+            if durable:
+                conn.execute("PRAGMA synchronous = FULL")
+            try:
+                conn.execute("COMMIT")
+            finally:
+                if durable:
+                    conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException as e:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise _sqlite_error(e) from e
+            raise
+
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise _sqlite_error(e) from e
+
+    # --- locks --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """Hold off garbage collection while objects are being read or reused."""
+        fd = os.open(os.path.join(self.root, LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def exclusive(self, *, blocking: bool = False) -> Iterator[bool]:
+        """Exclusive lock for deleting objects. Yields False if not blocking and it is busy."""
+        fd = os.open(os.path.join(self.root, LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    # --- packs --------------------------------------------------------------------------------
+    def _register_pack(self, name: str, size: int) -> int:
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO packs(name, size, live, synced) VALUES (?, ?, 0, 0)", (name, size)
+            )
+            pack_id = cur.lastrowid
+        self._pack_names[pack_id] = name
+        return pack_id
+
+    def pack_name(self, pack_id: int) -> str:
+        name = self._pack_names.get(pack_id)
+        if name is None:
+            rows = self.query("SELECT name FROM packs WHERE id=?", (pack_id,))
+            if not rows:
+                raise DataLoss(f"pack {pack_id} is missing from the catalog")
+            name = self._pack_names[pack_id] = rows[0][0]
+        return name
+
+    def sync_packs(self) -> list[tuple[int, int]]:
+        """fsync every pack holding data not yet known to be on stable storage.
+
+        Returns (pack id, synced length) to record once the caller's transaction commits.
+        """
+        done = []
+        rows = self.query("SELECT id, name, synced FROM packs")
+        for pack_id, name, synced in rows:
+            path = os.path.join(self.packs_dir, pack_filename(name))
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                if size > synced:
+                    os.fsync(fd)
+                    done.append((pack_id, size))
+            finally:
+                os.close(fd)
+        if done:
+            _fsync_dir(self.packs_dir)
+        return done
+
+    @staticmethod
+    def _record_synced(conn: sqlite3.Connection, synced: list[tuple[int, int]]) -> None:
+        conn.executemany(
+            "UPDATE packs SET synced = max(synced, ?) WHERE id = ?",
+            [(size, pack_id) for pack_id, size in synced],
+        )
+
+    # --- reading objects ----------------------------------------------------------------------
+    def object_info(self, oid: bytes) -> ObjectInfo | None:
+        rows = self.query(
+            "SELECT kind, codec, pack, offset, length, raw_size, base, refs FROM objects "
+            "WHERE id=?",
+            (oid,),
+        )
+        if not rows:
+            return None
+        kind, codec, pack, offset, length, raw_size, base, refs = rows[0]
+        return ObjectInfo(
+            oid, kind, codec, pack, self.pack_name(pack), offset, length, raw_size, base, refs
+        )
+
+    def has(self, oid: bytes) -> bool:
+        return bool(self.query("SELECT 1 FROM objects WHERE id=?", (oid,)))
+
+    def read(self, oid: bytes, kind: int | None = None) -> bytes:
+        """Raw content of an object, verified against its keyed hash."""
+        info = self.object_info(oid)
+        if info is None:
+            raise DataLoss(f"object {oid.hex()} is missing from the store")
+        if kind is not None and info.kind != kind:
+            raise DataLoss(
+                f"object {oid.hex()} is a {KIND_NAMES.get(info.kind)}, expected "
+                f"{KIND_NAMES.get(kind)}"
+            )
+        return self._read_info(info)
+
+    def _read_info(self, info: ObjectInfo, _depth: int = 0) -> bytes:
+        oid = info.id
+        try:
+            rec = self._reader.read(info.pack_name, info.offset, info.length)
+        except (OSError, EOFError) as e:
+            raise DataLoss(f"object {oid.hex()} cannot be read from its pack: {e}") from e
+        try:
+            head = decode_record_header(rec)
+        except (ValueError, Exception) as e:
+            raise DataLoss(f"object {oid.hex()}: damaged pack record header") from e
+        if head.object_id != oid or head.codec != info.codec or head.kind != info.kind:
+            raise DataLoss(f"object {oid.hex()}: pack record does not match the index")
+        payload = rec[record_header_size(head.codec) :]
+        base_raw = None
+        if head.codec == CODEC_ZSTD_DELTA:
+            if _depth > 0 or head.base is None:
+                raise DataLoss(f"object {oid.hex()}: delta chain deeper than one")
+            base_info = self.object_info(head.base)
+            if base_info is None:
+                raise DataLoss(f"object {oid.hex()}: its delta base {head.base.hex()} is missing")
+            base_raw = self._read_info(base_info, _depth + 1)
+        try:
+            raw = codecs.decompress(head.codec, payload, head.raw_size, base_raw)
+        except Exception as e:
+            raise DataLoss(f"object {oid.hex()} does not decompress: {e}") from e
+        if len(raw) != head.raw_size or self.keys.object_id(info.kind, raw) != oid:
+            raise DataLoss(f"object {oid.hex()} does not match its content address (corrupt)")
+        return raw
+
+    def read_tree(self, oid: bytes) -> list[TreeEntry]:
+        with self._tree_cache_lock:
+            entries = self._tree_cache.get(oid)
+            if entries is not None:
+                self._tree_cache.move_to_end(oid)
+                return entries
+        try:
+            entries = decode_tree(self.read(oid, KIND_TREE))
+        except ValueError as e:
+            raise DataLoss(f"tree {oid.hex()} is malformed") from e
+        with self._tree_cache_lock:
+            if oid not in self._tree_cache:
+                self._tree_cache[oid] = entries
+                self._tree_cache_entries += len(entries) + 1
+                while self._tree_cache_entries > self.tree_cache_limit and self._tree_cache:
+                    _, old = self._tree_cache.popitem(last=False)
+                    self._tree_cache_entries -= len(old) + 1
+        return entries
+
+    def read_chunklist(self, oid: bytes) -> list[tuple[bytes, int]]:
+        try:
+            return decode_chunklist(self.read(oid, KIND_CHUNKLIST))
+        except ValueError as e:
+            raise DataLoss(f"chunk list {oid.hex()} is malformed") from e
+
+    def iter_content(self, chunked: bool, ref: bytes) -> Iterator[bytes]:
+        """The bytes of a file entry, in pieces (one per chunk for large files)."""
+        if not chunked:
+            yield self.read(ref, KIND_DATA)
+            return
+        for cid, size in self.read_chunklist(ref):
+            data = self.read(cid, KIND_DATA)
+            if len(data) != size:
+                raise DataLoss(f"chunk {cid.hex()} has the wrong size")
+            yield data
+
+    # --- writing objects ----------------------------------------------------------------------
+    def writer(self) -> ObjectWriter:
+        return ObjectWriter(self)
+
+    # --- workspaces ---------------------------------------------------------------------------
+    def get_workspace(self, path: str) -> WorkspaceRecord | None:
+        rows = self.query(f"SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE path=?", (path,))
+        return WorkspaceRecord.from_row(rows[0]) if rows else None
+
+    def get_workspace_by_id(self, ws_id: int) -> WorkspaceRecord | None:
+        rows = self.query(f"SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id=?", (ws_id,))
+        return WorkspaceRecord.from_row(rows[0]) if rows else None
+
+    def list_workspaces(self) -> list[WorkspaceRecord]:
+        rows = self.query(f"SELECT {WORKSPACE_COLUMNS} FROM workspaces ORDER BY id")
+        return [WorkspaceRecord.from_row(r) for r in rows]
+
+    def ensure_workspace(self, path: str, settings: dict) -> WorkspaceRecord:
+        with self.transaction() as conn:
+            row = conn.execute(
+                f"SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE path=?", (path,)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO workspaces(path, settings, created_at) VALUES (?, ?, ?)",
+                    (path, json.dumps(settings, sort_keys=True), time.time()),
+                )
+            elif json.loads(row[2]) != settings:
+                conn.execute(
+                    "UPDATE workspaces SET settings=? WHERE id=?",
+                    (json.dumps(settings, sort_keys=True), row[0]),
+                )
+        ws = self.get_workspace(path)
+        assert ws is not None
+        return ws
+
+    def remove_workspace(self, ws_id: int) -> int:
+        """Forget a workspace: its snapshots, head and stat cache. Returns snapshots removed."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT head_tree FROM workspaces WHERE id=?", (ws_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"workspace {ws_id} does not exist")
+            snaps = conn.execute(
+                "SELECT root_tree FROM snapshots WHERE workspace=?", (ws_id,)
+            ).fetchall()
+            for (root,) in snaps:
+                _decref(conn, root)
+            if row[0] is not None:
+                _decref(conn, row[0])
+            conn.execute("DELETE FROM snapshots WHERE workspace=?", (ws_id,))
+            conn.execute("DELETE FROM ws_index WHERE workspace=?", (ws_id,))
+            conn.execute("DELETE FROM workspaces WHERE id=?", (ws_id,))
+        return len(snaps)
+
+    def load_index(self, ws_id: int) -> list[tuple[bytes, bytes]]:
+        return self.query(
+            "SELECT path, rec FROM ws_index WHERE workspace=? ORDER BY path", (ws_id,)
+        )
+
+    # --- snapshots ----------------------------------------------------------------------------
+    def get_snapshot(self, snap_id: str) -> SnapshotRecord:
+        rows = self.query(f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id=?", (snap_id,))
+        if not rows:
+            raise NotFound(f"snapshot {snap_id!r} does not exist (it may have been evicted)")
+        return SnapshotRecord.from_row(rows[0])
+
+    def find_snapshot(self, prefix: str, ws_id: int | None = None) -> SnapshotRecord:
+        """A snapshot by id or unique id prefix (at least 4 characters)."""
+        if not prefix or len(prefix) > 64 or not all(c in "0123456789abcdef" for c in prefix):
+            raise InvalidArgument(f"{prefix!r} is not a snapshot id (lowercase hex)")
+        rows = self.query(f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id=?", (prefix,))
+        if not rows and len(prefix) >= 4:
+            rows = self.query(
+                f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id >= ? AND id < ? LIMIT 2",
+                (prefix, prefix + "g"),
+            )
+            if len(rows) > 1:
+                raise InvalidArgument(f"snapshot id prefix {prefix!r} is ambiguous; give more")
+        if not rows:
+            raise NotFound(f"snapshot {prefix!r} does not exist (it may have been evicted)")
+        rec = SnapshotRecord.from_row(rows[0])
+        if ws_id is not None and rec.workspace_id != ws_id:
+            raise FailedPrecondition(
+                f"snapshot {rec.id} belongs to another workspace; restore it there, or fork it "
+                "into a new workspace"
+            )
+        return rec
+
+    def list_snapshots(
+        self, ws_id: int | None = None, *, limit: int = -1, before_seq: int | None = None
+    ) -> list[SnapshotRecord]:
+        sql = f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots"
+        cond, args = [], []
+        if ws_id is not None:
+            cond.append("workspace=?")
+            args.append(ws_id)
+        if before_seq is not None:
+            cond.append("seq < ?")
+            args.append(before_seq)
+        if cond:
+            sql += " WHERE " + " AND ".join(cond)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        return [SnapshotRecord.from_row(r) for r in self.query(sql, tuple(args))]
+
+    def latest_snapshot(self, ws_id: int) -> SnapshotRecord | None:
+        snaps = self.list_snapshots(ws_id, limit=1)
+        return snaps[0] if snaps else None
+
+    def set_pinned(self, snap_id: str, pinned: bool) -> None:
+        with self.transaction() as conn:
+            cur = conn.execute("UPDATE snapshots SET pinned=? WHERE id=?", (int(pinned), snap_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"snapshot {snap_id!r} does not exist")
+
+    def persist(self, snap_id: str) -> SnapshotRecord:
+        """Make a snapshot durable: its data, trees and record reach stable storage, in order."""
+        self.get_snapshot(snap_id)
+        synced = self.sync_packs()
+        with self.transaction(durable=True) as conn:
+            cur = conn.execute("UPDATE snapshots SET durable=1 WHERE id=?", (snap_id,))
+            if cur.rowcount == 0:
+                raise NotFound(f"snapshot {snap_id!r} was deleted while it was being persisted")
+            self._record_synced(conn, synced)
+        return self.get_snapshot(snap_id)
+
+    def delete_snapshot(self, snap_id: str) -> None:
+        with self.transaction() as conn:
+            row = conn.execute("SELECT root_tree FROM snapshots WHERE id=?", (snap_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"snapshot {snap_id!r} does not exist")
+            conn.execute("DELETE FROM snapshots WHERE id=?", (snap_id,))
+            _decref(conn, row[0])
+
+    def _commit(
+        self,
+        writer: ObjectWriter,
+        *,
+        workspace_id: int,
+        head: bytes | None,
+        snapshot: NewSnapshot | None,
+        index: IndexDelta | None,
+        durable: bool,
+        retention: Retention | None,
+    ) -> SnapshotRecord | None:
+        records = writer._take_pending()
+        placed = self._append(records)
+        synced = self.sync_packs() if durable else []
+        snap_id = None
+        with self.transaction(durable=durable) as conn:
+            self._insert_objects(conn, records, placed)
+            ws = conn.execute("SELECT head_tree FROM workspaces WHERE id=?", (workspace_id,))
+            row = ws.fetchone()
+            if row is None:
+                raise NotFound(f"workspace {workspace_id} was removed during the operation")
+            if head is not None and head != row[0]:
+                _incref(conn, [head])
+                if row[0] is not None:
+                    _decref(conn, row[0])
+                conn.execute("UPDATE workspaces SET head_tree=? WHERE id=?", (head, workspace_id))
+            if index is not None:
+                _apply_index(conn, workspace_id, index)
+            if snapshot is not None:
+                snap_id = _insert_snapshot(conn, workspace_id, snapshot, durable)
+            if retention is not None:
+                _evict(conn, workspace_id, retention, time.time())
+            self._record_synced(conn, synced)
+        return self.get_snapshot(snap_id) if snap_id else None
+
+    def _append(self, records: list[_Pending]) -> list[tuple[int, int, int]]:
+        if not records:
+            return []
+        blobs = [
+            encode_record(r.kind, r.codec, r.oid, len(r.raw), r.payload, r.base) for r in records
+        ]
+        pack_id, offsets = self._writer.append(blobs)
+        return [(pack_id, off, len(b)) for off, b in zip(offsets, blobs, strict=True)]
+
+    def _insert_objects(
+        self,
+        conn: sqlite3.Connection,
+        records: list[_Pending],
+        placed: list[tuple[int, int, int]],
+    ) -> None:
+        live: dict[int, int] = {}
+        ends: dict[int, int] = {}
+        for r, (pack_id, offset, length) in zip(records, placed, strict=True):
+            ends[pack_id] = max(ends.get(pack_id, 0), offset + length)
+            if r.repair:
+                old = conn.execute("SELECT pack, length, base FROM objects WHERE id=?", (r.oid,))
+                row = old.fetchone()
+                if row is not None:
+                    conn.execute(
+                        "UPDATE objects SET codec=?, pack=?, offset=?, length=?, base=? WHERE id=?",
+                        (r.codec, pack_id, offset, length, r.base, r.oid),
+                    )
+                    live[row[0]] = live.get(row[0], 0) - row[1]
+                    live[pack_id] = live.get(pack_id, 0) + length
+                    if r.base is not None:
+                        _incref(conn, [r.base])
+                    if row[2] is not None:
+                        _decref(conn, row[2])
+                    continue
+            cur = conn.execute(
+                "INSERT INTO objects(id, kind, codec, pack, offset, length, raw_size, base, refs) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT(id) DO NOTHING",
+                (r.oid, r.kind, r.codec, pack_id, offset, length, len(r.raw), r.base),
+            )
+            if cur.rowcount != 1:
+                continue  # another writer stored it first; our copy is dead bytes in the pack
+            live[pack_id] = live.get(pack_id, 0) + length
+            children = r.children + ([r.base] if r.base is not None else [])
+            if children:
+                _incref(conn, children)
+        for pack_id, n in live.items():
+            conn.execute("UPDATE packs SET live = live + ? WHERE id = ?", (n, pack_id))
+        for pack_id, end in ends.items():
+            conn.execute("UPDATE packs SET size = max(size, ?) WHERE id = ?", (end, pack_id))
+
+    def _flush(self, writer: ObjectWriter) -> None:
+        records = writer._take_pending()
+        if not records:
+            return
+        placed = self._append(records)
+        with self.transaction() as conn:
+            self._insert_objects(conn, records, placed)
+
+
+class ObjectWriter:
+    """Buffers new objects of one operation and commits them with its catalog changes.
+
+    Use as a context manager: it holds the store's shared lock until it is closed, so garbage
+    collection cannot delete an object this operation decided to reuse.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._pending_by_id: dict[bytes, _Pending] = {}
+        self._pending_raw = 0
+        self._lock_cm = None
+        self.new_objects = 0
+        self.new_bytes = 0  # stored (compressed) bytes written
+        self.reused = 0
+
+    def __enter__(self) -> ObjectWriter:
+        self._lock_cm = self.store.shared()
+        self._lock_cm.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._pending.clear()
+            self._pending_by_id.clear()
+        if self._lock_cm is not None:
+            self._lock_cm.__exit__(*exc)
+            self._lock_cm = None
+
+    def put(
+        self,
+        kind: int,
+        raw: bytes,
+        *,
+        children: list[bytes] | None = None,
+        base: bytes | None = None,
+    ) -> bytes:
+        """Store `raw` as an object of `kind`; returns its id.
+
+        children: ids this object refers to (trees, chunk lists); base: the id of an earlier
+        version of the same path, used as a delta base if that makes the object smaller.
+        """
+        store = self.store
+        oid = store.keys.object_id(kind, raw)
+        with self._lock:
+            pending = self._pending_by_id.get(oid)
+        if pending is not None:
+            if pending.raw != raw:
+                raise _collision(oid)
+            self.reused += 1
+            return oid
+        info = store.object_info(oid)
+        repair = False
+        if info is not None:
+            try:
+                existing = store._read_info(info)
+            except DataLoss:
+                repair = True  # the stored copy is damaged: store a fresh one in its place
+            else:
+                if existing != raw:
+                    raise _collision(oid)
+                self.reused += 1
+                return oid
+        codec, payload, base_id = self._encode(kind, raw, base, oid)
+        item = _Pending(oid, kind, codec, raw, payload, base_id, children or [], repair)
+        with self._lock:
+            if oid in self._pending_by_id:
+                self.reused += 1
+                return oid
+            self._pending.append(item)
+            self._pending_by_id[oid] = item
+            self._pending_raw += len(raw)
+            self.new_objects += 1
+            self.new_bytes += len(payload)
+            full = self._pending_raw >= FLUSH_RAW_BYTES or len(self._pending) >= FLUSH_OBJECTS
+        if full:
+            store._flush(self)
+        return oid
+
+    def _encode(
+        self, kind: int, raw: bytes, base: bytes | None, oid: bytes
+    ) -> tuple[int, bytes, bytes | None]:
+        if base is not None and base != oid and len(raw) >= 256:
+            base_raw = self._delta_base(kind, base)
+            if base_raw is not None:
+                base_id, base_data = base_raw
+                delta = codecs.compress_delta(raw, base_data)
+                if len(delta) * GOOD_DELTA_RATIO <= len(raw):
+                    return CODEC_ZSTD_DELTA, delta, base_id
+                codec, payload = codecs.compress(raw)
+                if len(delta) < len(payload):
+                    return CODEC_ZSTD_DELTA, delta, base_id
+                return codec, payload, None
+        codec, payload = codecs.compress(raw)
+        return codec, payload, None
+
+    def _delta_base(self, kind: int, base: bytes) -> tuple[bytes, bytes] | None:
+        """The full (non-delta) object to delta against: `base` or its own base."""
+        with self._lock:
+            p = self._pending_by_id.get(base)
+        if p is not None:
+            if p.kind != kind:
+                return None
+            if p.base is None:
+                return base, p.raw
+            base = p.base
+        info = self.store.object_info(base)
+        if info is None or info.kind != kind:
+            return None
+        if info.codec == CODEC_ZSTD_DELTA and info.base is not None:
+            info = self.store.object_info(info.base)
+            if info is None:
+                return None
+        if info.raw_size > 64 * 1024 * 1024:
+            return None
+        try:
+            return info.id, self.store._read_info(info)
+        except DataLoss:
+            return None
+
+    def _take_pending(self) -> list[_Pending]:
+        with self._lock:
+            out = self._pending
+            self._pending = []
+            self._pending_by_id = {}
+            self._pending_raw = 0
+        return out
+
+    def flush(self) -> None:
+        self.store._flush(self)
+
+    def commit(
+        self,
+        *,
+        workspace_id: int,
+        head: bytes | None = None,
+        snapshot: NewSnapshot | None = None,
+        index: IndexDelta | None = None,
+        durable: bool = False,
+        retention: Retention | None = None,
+    ) -> SnapshotRecord | None:
+        """Write what is pending, then commit everything in one transaction."""
+        return self.store._commit(
+            self,
+            workspace_id=workspace_id,
+            head=head,
+            snapshot=snapshot,
+            index=index,
+            durable=durable,
+            retention=retention,
+        )
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def _collision(oid: bytes) -> SnapdError:
+    return DataLoss(
+        f"two different contents share the content address {oid.hex()}; the snapshot was "
+        "refused so that neither is lost. This indicates crafted input; report it."
+    )
+
+
+def _incref(conn: sqlite3.Connection, ids: Iterable[bytes]) -> None:
+    ids = list(ids)
+    cur = conn.executemany("UPDATE objects SET refs = refs + 1 WHERE id = ?", [(i,) for i in ids])
+    if cur.rowcount != len(ids):
+        missing = [
+            i.hex()
+            for i in ids
+            if not conn.execute("SELECT 1 FROM objects WHERE id=?", (i,)).fetchone()
+        ]
+        raise Aborted(
+            f"objects {', '.join(missing[:3])} vanished while being referenced (concurrent "
+            "garbage collection or damage); retry the operation"
+        )
+
+
+def _decref(conn: sqlite3.Connection, oid: bytes) -> None:
+    conn.execute("UPDATE objects SET refs = refs - 1 WHERE id = ?", (oid,))
+
+
+def _apply_index(conn: sqlite3.Connection, ws_id: int, delta: IndexDelta) -> None:
+    if delta.replace_all:
+        conn.execute("DELETE FROM ws_index WHERE workspace=?", (ws_id,))
+    for prefix in delta.delete_subtrees:
+        lo = prefix + b"/"
+        hi = prefix + b"0"  # '0' follows '/' in byte order
+        conn.execute(
+            "DELETE FROM ws_index WHERE workspace=? AND path >= ? AND path < ?", (ws_id, lo, hi)
+        )
+    if delta.deletes:
+        conn.executemany(
+            "DELETE FROM ws_index WHERE workspace=? AND path=?",
+            [(ws_id, p) for p in delta.deletes],
+        )
+    if delta.upserts:
+        conn.executemany(
+            "INSERT INTO ws_index(workspace, path, rec) VALUES (?, ?, ?) "
+            "ON CONFLICT(workspace, path) DO UPDATE SET rec=excluded.rec",
+            [(ws_id, p, r) for p, r in delta.upserts],
+        )
+
+
+def new_snapshot_id() -> str:
+    return secrets.token_hex(6)
+
+
+def _insert_snapshot(conn: sqlite3.Connection, ws_id: int, snap: NewSnapshot, durable: bool) -> str:
+    for _ in range(8):
+        snap_id = new_snapshot_id()
+        try:
+            conn.execute(
+                "INSERT INTO snapshots(id, workspace, parent, created_at, label, metadata, "
+                "origin, durable, pinned, root_tree, stats, excludes) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    snap_id,
+                    ws_id,
+                    snap.parent,
+                    time.time(),
+                    snap.label,
+                    json.dumps(snap.metadata, sort_keys=True),
+                    snap.origin,
+                    int(durable),
+                    int(snap.pinned),
+                    snap.root_tree,
+                    json.dumps(snap.stats, sort_keys=True),
+                    json.dumps(snap.excludes),
+                ),
+            )
+        except sqlite3.IntegrityError:
+            continue
+        _incref(conn, [snap.root_tree])
+        return snap_id
+    raise RuntimeError("could not allocate a unique snapshot id")
+
+
+def _evict(conn: sqlite3.Connection, ws_id: int, policy: Retention, now: float) -> list[str]:
+    """Delete the workspace's snapshots that the retention policy no longer keeps."""
+    rows = conn.execute(
+        "SELECT id, created_at, durable, pinned, root_tree FROM snapshots WHERE workspace=? "
+        "ORDER BY seq DESC",
+        (ws_id,),
+    ).fetchall()
+    evicted = []
+    durable_seen = 0
+    for i, (snap_id, created_at, durable, pinned, root) in enumerate(rows):
+        keep = i < policy.keep_last or pinned
+        if durable:
+            durable_seen += 1
+            if durable_seen <= policy.keep_durable or (
+                policy.durable_max_age is not None and now - created_at <= policy.durable_max_age
+            ):
+                keep = True
+        if not keep:
+            evicted.append(snap_id)
+            conn.execute("DELETE FROM snapshots WHERE id=?", (snap_id,))
+            _decref(conn, root)
+    return evicted
+
+
+def _sqlite_error(e: sqlite3.Error) -> SnapdError:
+    text = str(e).lower()
+    if "full" in text or "no space" in text:
+        return ResourceExhausted(
+            "no space left on the store's file system; free space or run 'snapd gc', then retry"
+        )
+    if "locked" in text or "busy" in text:
+        return Aborted("the store is busy (locked by another writer); retry")
+    return DataLoss(f"the store's catalog reported an error: {e}")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_store(root: str) -> None:
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    try:
+        os.mkdir(root, 0o700)
+    except FileExistsError:
+        pass
+    os.makedirs(os.path.join(root, PACKS_DIR), mode=0o700, exist_ok=True)
+    secret_path = os.path.join(root, SECRET_FILE)
+    if not os.path.exists(secret_path):
+        tmp = secret_path + ".tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(32))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, secret_path)
+    lock = os.path.join(root, LOCK_FILE)
+    if not os.path.exists(lock):
+        os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    conn = connect(os.path.join(root, CATALOG_FILE))
+    try:
+        init_schema(conn)
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('format_version', ?), "
+            "('created_at', ?), ('store_id', ?)",
+            (str(FORMAT_VERSION), str(time.time()), secrets.token_hex(8)),
+        )
+    finally:
+        conn.close()
+    _fsync_dir(os.path.join(root, PACKS_DIR))
+    _fsync_dir(root)
+    _fsync_dir(parent)

@@ -1,0 +1,601 @@
+"""The per-workspace manager: snapshot, restore, diff and fork one workspace directory.
+
+It owns the workspace's root descriptor, its in-memory index (the stat cache), its exclude
+rules, and a lock that serializes operations on this workspace; different workspaces run in
+parallel. It drives the scanner and the restorer and commits through the store, which knows
+nothing of directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from . import index as idx
+from .diff import diff_trees
+from .errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from .fsutil import open_root
+from .ignore import IGNORE_FILE, INTERNAL_PREFIX, Excludes, combine
+from .index import DirNode
+from .restore import Applier, Change, Planner, RestoreStats, parse_paths, verify_needed
+from .scanner import Scanner, ScanStats, encode_dirty
+from .store.catalog import SnapshotRecord
+from .store.store import IndexDelta, NewSnapshot, Retention, Store
+
+_default_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def default_pool() -> ThreadPoolExecutor:
+    """Threads for reading and compressing many files at once (zstd and reads drop the GIL)."""
+    global _default_pool
+    with _pool_lock:
+        if _default_pool is None:
+            _default_pool = ThreadPoolExecutor(
+                max_workers=min(4, (os.cpu_count() or 2) + 1), thread_name_prefix="snapd-io"
+            )
+        return _default_pool
+
+
+@dataclass
+class WorkspaceSettings:
+    exclude: list[str] = field(default_factory=list)
+    keep_last: int = 5
+    keep_durable: int = 20
+    durable_max_age: float | None = None
+    watch: bool = True
+
+    def retention(self) -> Retention:
+        return Retention(self.keep_last, self.keep_durable, self.durable_max_age)
+
+    def validate(self) -> None:
+        self.retention().validate()
+        if not isinstance(self.exclude, list) or not all(isinstance(p, str) for p in self.exclude):
+            raise InvalidArgument("exclude must be a list of gitignore-style patterns")
+        try:
+            Excludes.validate(self.exclude)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from e
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WorkspaceSettings:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class Hints:
+    """Paths that may have changed since the index was last brought up to date."""
+
+    paths: set[bytes] = field(default_factory=set)
+    subtrees: set[bytes] = field(default_factory=set)  # rescan these recursively
+
+
+@dataclass
+class RestoreResult:
+    snapshot_id: str
+    safety_snapshot_id: str | None
+    dry_run: bool
+    changes: list[Change]
+    stats: RestoreStats
+    duration_ms: float
+
+
+def validate_workspace_path(path: str) -> str:
+    """Canonical path of a directory that may become a workspace, or a precise error."""
+    if not isinstance(path, str) or not path:
+        raise InvalidArgument("workspace path must be a non-empty string")
+    if "\x00" in path:
+        raise InvalidArgument("workspace path must not contain NUL bytes")
+    if not os.path.isabs(path):
+        raise InvalidArgument(f"workspace path {path!r} must be absolute")
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise NotFound(f"workspace directory {path} does not exist; create it first") from None
+    except PermissionError:
+        raise PermissionDenied(f"cannot access {path}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise InvalidArgument(f"workspace path {path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise PermissionDenied(
+            f"workspace {path} is owned by uid {st.st_uid}; this daemon runs as uid "
+            f"{os.geteuid()} and only manages directories its user owns"
+        )
+    if real == "/":
+        raise InvalidArgument("the file system root cannot be a workspace")
+    return real
+
+
+def _inside(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+def probe_fine_timestamps(rootfd: int) -> bool:
+    """True if a write right after an fstat always gets a later ctime on this file system.
+
+    Linux 6.13+ gives ext4/xfs/btrfs/tmpfs such "multigrain" timestamps; then no stat entry is
+    ever racy. On coarse file systems a write within one clock tick can leave stat data
+    unchanged, so recently changed files are re-read on the next scan.
+    """
+    name = INTERNAL_PREFIX + b"probe-" + secrets.token_hex(6).encode()
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=rootfd)
+    except OSError:
+        return False
+    try:
+        last = os.fstat(fd).st_ctime_ns
+        for i in range(5):
+            os.pwrite(fd, b"x", i)
+            now = os.fstat(fd).st_ctime_ns
+            if now <= last:
+                return False
+            last = now
+        return True
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=rootfd)
+
+
+class Workspace:
+    """One workspace directory bound to a store. Thread-safe (operations are serialized)."""
+
+    def __init__(
+        self,
+        store: Store,
+        ws_id: int,
+        path: str,
+        settings: WorkspaceSettings,
+        *,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.store = store
+        self.id = ws_id
+        self.path = path
+        self.settings = settings
+        self.pool = pool or default_pool()
+        self.lock = threading.RLock()
+        self.rootfd = open_root(path)
+        self.fine_timestamps = probe_fine_timestamps(self.rootfd)
+        self._ignore_bytes: bytes | None = None
+        self.excludes = Excludes(list(settings.exclude))
+        self._refresh_excludes()
+        self.root: DirNode = DirNode()
+        self._replace_index = True
+        self._load_index()
+        latest = store.latest_snapshot(ws_id)
+        self.current_snapshot: str | None = latest.id if latest else None
+        self.closed = False
+        self.last_stats: dict = {}
+
+    # --- opening ------------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        store: Store,
+        path: str,
+        settings: WorkspaceSettings | None = None,
+        *,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> Workspace:
+        settings = settings or WorkspaceSettings()
+        settings.validate()
+        real = validate_workspace_path(path)
+        store_root = os.path.realpath(store.root)
+        if _inside(store_root, real):
+            raise FailedPrecondition(
+                f"workspace {real} contains the snapd store ({store_root}); choose a directory "
+                "outside the store or move the store"
+            )
+        if _inside(real, store_root):
+            raise FailedPrecondition(f"workspace {real} is inside the snapd store")
+        for other in store.list_workspaces():
+            if other.path != real and (_inside(real, other.path) or _inside(other.path, real)):
+                raise FailedPrecondition(
+                    f"workspace {real} overlaps workspace {other.path}; workspaces may not be "
+                    "nested. Close the other one first (snapd workspaces --forget) or pick "
+                    "another directory"
+                )
+        rec = store.ensure_workspace(real, settings.to_dict())
+        return cls(store, rec.id, real, settings, pool=pool)
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                os.close(self.rootfd)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise FailedPrecondition(f"workspace {self.path} is closed; open it again")
+
+    def _load_index(self) -> None:
+        rows = self.store.load_index(self.id)
+        root = idx.load(rows) if rows else None
+        if root is None:
+            self.root = DirNode()
+            self._replace_index = True
+        else:
+            self.root = root
+            self._replace_index = False
+
+    def update_settings(self, settings: WorkspaceSettings) -> None:
+        settings.validate()
+        with self.lock:
+            self.settings = settings
+            self.store.ensure_workspace(self.path, settings.to_dict())
+            self._refresh_excludes(force=True)
+
+    # --- excludes -----------------------------------------------------------------------------
+    def _read_ignore_file(self) -> bytes | None:
+        try:
+            fd = os.open(
+                IGNORE_FILE,
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                dir_fd=self.rootfd,
+            )
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return os.read(fd, 1024 * 1024)
+        finally:
+            os.close(fd)
+
+    def _refresh_excludes(self, force: bool = False) -> bool:
+        """Re-read .snapdignore; True if the effective rules changed (a full scan is due)."""
+        data = self._read_ignore_file()
+        if data == self._ignore_bytes and not force:
+            return False
+        self._ignore_bytes = data
+        new = combine(list(self.settings.exclude), data)
+        changed = new != self.excludes
+        self.excludes = new
+        return changed or force
+
+    # --- snapshot -----------------------------------------------------------------------------
+    def _scan(self, sink, hints: Hints | None) -> tuple[bytes, IndexDelta, ScanStats]:
+        """Bring the index up to date; returns (root tree id, persisted-index delta, stats)."""
+        full = hints is None or self._replace_index or self._refresh_excludes()
+        scanner = Scanner(
+            self.rootfd,
+            self.root,
+            self.excludes,
+            sink,
+            fine_timestamps=self.fine_timestamps,
+            pool=self.pool,
+        )
+        if full:
+            scanner.full()
+        else:
+            scanner.paths(hints.paths, hints.subtrees)
+        scanners = [scanner]
+        if scanner.ignore_file_changed and self._refresh_excludes():
+            again = Scanner(
+                self.rootfd,
+                self.root,
+                self.excludes,
+                sink,
+                fine_timestamps=self.fine_timestamps,
+                pool=self.pool,
+            )
+            again.full()
+            scanners.append(again)
+        dirs: list[tuple[bytes, idx.Node]] = []
+        root_id = encode_dirty(self.root, sink, dirs)
+        delta = IndexDelta(replace_all=self._replace_index)
+        changed: dict[bytes, idx.Node] = {}
+        removed: set[bytes] = set()
+        for sc in scanners:
+            for p in sc.removed:
+                changed.pop(p, None)
+            removed |= sc.removed | sc.cleared
+            changed.update(sc.changed)
+        for p, node in dirs:
+            changed[p] = node
+        if self._replace_index:
+            changed = dict(idx.walk(self.root))
+            changed[b""] = self.root
+            removed = set()
+        delta.deletes = sorted(removed - set(changed))
+        delta.delete_subtrees = sorted(removed)
+        delta.upserts = [(p, idx.encode_record(n)) for p, n in changed.items()]
+        stats = scanner.stats
+        for extra in scanners[1:]:
+            stats = extra.stats
+        return root_id, delta, stats
+
+    def snapshot(
+        self,
+        label: str = "",
+        metadata: dict[str, str] | None = None,
+        *,
+        durable: bool = False,
+        pinned: bool = False,
+        hints: Hints | None = None,
+        origin: str = "user",
+    ) -> SnapshotRecord:
+        """Take a snapshot. hints=None walks the whole tree; otherwise only the hinted paths."""
+        metadata = _check_metadata(metadata)
+        t0 = time.perf_counter()
+        with self.lock:
+            self._check_open()
+            with self.store.writer() as w:
+                try:
+                    root_id, delta, stats = self._scan(w, hints)
+                    st = stats.as_dict()
+                    st.update(
+                        new_objects=w.new_objects,
+                        new_bytes=w.new_bytes,
+                        reused_objects=w.reused,
+                        changed_entries=len(delta.upserts),
+                        duration_ms=round((time.perf_counter() - t0) * 1000, 3),
+                    )
+                    rec = w.commit(
+                        workspace_id=self.id,
+                        head=root_id,
+                        snapshot=NewSnapshot(
+                            root_id,
+                            label,
+                            metadata,
+                            origin,
+                            self.current_snapshot,
+                            st,
+                            pinned,
+                            list(self.excludes.patterns),
+                        ),
+                        index=delta,
+                        durable=durable,
+                        retention=self.settings.retention(),
+                    )
+                except BaseException:
+                    self._load_index()
+                    raise
+            self._replace_index = False
+            assert rec is not None
+            self.current_snapshot = rec.id
+            self.last_stats = st
+            return rec
+
+    def refresh(self, hints: Hints | None = None) -> bytes:
+        """Bring the index and the workspace head up to date without a snapshot record."""
+        with self.lock:
+            self._check_open()
+            with self.store.writer() as w:
+                try:
+                    root_id, delta, _ = self._scan(w, hints)
+                    w.commit(workspace_id=self.id, head=root_id, index=delta)
+                except BaseException:
+                    self._load_index()
+                    raise
+            self._replace_index = False
+            return root_id
+
+    # --- restore ------------------------------------------------------------------------------
+    def restore(
+        self,
+        snapshot_id: str,
+        paths: list[str] | None = None,
+        *,
+        dry_run: bool = False,
+        hints: Hints | None = None,
+    ) -> RestoreResult:
+        """Make the workspace (or just `paths`) equal to a snapshot of this workspace.
+
+        A safety snapshot of the current state is taken first (unless it equals the latest
+        snapshot), so the restore can be undone by restoring it.
+        """
+        t0 = time.perf_counter()
+        scope = parse_paths(paths) if paths else None
+        with self.lock:
+            self._check_open()
+            target = self.store.find_snapshot(snapshot_id, self.id)
+            target_excludes = Excludes(list(target.excludes))
+            with self.store.writer() as w:
+                try:
+                    root_id, delta, stats = self._scan(w, hints)
+                    safety_id = None
+                    latest = self.store.latest_snapshot(self.id)
+                    if dry_run:
+                        w.commit(workspace_id=self.id, head=root_id, index=delta)
+                    elif latest is not None and latest.root_tree == root_id:
+                        safety_id = latest.id
+                        w.commit(workspace_id=self.id, head=root_id, index=delta)
+                    else:
+                        st = stats.as_dict()
+                        rec = w.commit(
+                            workspace_id=self.id,
+                            head=root_id,
+                            snapshot=NewSnapshot(
+                                root_id,
+                                f"before restore to {target.id}",
+                                {"restore_target": target.id},
+                                "safety",
+                                self.current_snapshot,
+                                st,
+                                False,
+                                list(self.excludes.patterns),
+                            ),
+                            index=delta,
+                        )
+                        assert rec is not None
+                        safety_id = rec.id
+                    self._replace_index = False
+                    planner = Planner(self.store, self.excludes, target_excludes)
+                    plan = planner.plan(self.root, target.root_tree, scope)
+                    if dry_run or plan is None:
+                        return RestoreResult(
+                            target.id,
+                            safety_id,
+                            dry_run,
+                            planner.changes,
+                            RestoreStats(),
+                            round((time.perf_counter() - t0) * 1000, 3),
+                        )
+                    contents = verify_needed(self.store, planner.needed)
+                    applier = Applier(
+                        self.store, self.rootfd, contents, fine_timestamps=self.fine_timestamps
+                    )
+                    applier.apply(self.root, plan, target.root_tree if scope is None else None)
+                    dirs: list[tuple[bytes, idx.Node]] = []
+                    head = encode_dirty(self.root, w, dirs)
+                    changed = dict(applier.changed)
+                    changed.update(dirs)
+                    removed = applier.removed | applier.cleared
+                    w.commit(
+                        workspace_id=self.id,
+                        head=head,
+                        index=IndexDelta(
+                            upserts=[(p, idx.encode_record(n)) for p, n in changed.items()],
+                            deletes=sorted(removed - set(changed)),
+                            delete_subtrees=sorted(removed),
+                        ),
+                        retention=self.settings.retention(),
+                    )
+                except BaseException:
+                    self._load_index()
+                    raise
+            if scope is None:
+                self.current_snapshot = target.id
+            return RestoreResult(
+                target.id,
+                safety_id,
+                False,
+                planner.changes,
+                applier.stats,
+                round((time.perf_counter() - t0) * 1000, 3),
+            )
+
+    # --- inspection ---------------------------------------------------------------------------
+    def diff(
+        self, old_id: str, new_id: str | None = None, hints: Hints | None = None
+    ) -> Iterator[Change]:
+        """Changes from snapshot old_id to snapshot new_id, or to the live workspace."""
+        with self.lock:
+            self._check_open()
+            old = self.store.find_snapshot(old_id)
+            if new_id is not None:
+                new = self.store.find_snapshot(new_id)
+                changes = list(diff_trees(self.store, old.root_tree, new.root_tree))
+            else:
+                self.refresh(hints)
+                changes = list(diff_trees(self.store, old.root_tree, self.root))
+        return iter(changes)
+
+    def snapshots(self, limit: int = -1, before_seq: int | None = None) -> list[SnapshotRecord]:
+        return self.store.list_snapshots(self.id, limit=limit, before_seq=before_seq)
+
+    def get_snapshot(self, snap_id: str) -> SnapshotRecord:
+        return self.store.find_snapshot(snap_id, self.id)
+
+    def persist(self, snap_id: str) -> SnapshotRecord:
+        rec = self.get_snapshot(snap_id)
+        return self.store.persist(rec.id)
+
+    def pin(self, snap_id: str, pinned: bool = True) -> SnapshotRecord:
+        rec = self.get_snapshot(snap_id)
+        self.store.set_pinned(rec.id, pinned)
+        return self.store.get_snapshot(rec.id)
+
+    def delete_snapshot(self, snap_id: str) -> None:
+        rec = self.get_snapshot(snap_id)
+        self.store.delete_snapshot(rec.id)
+
+
+def fork(
+    store: Store,
+    snapshot_id: str,
+    new_path: str,
+    settings: WorkspaceSettings | None = None,
+    *,
+    pool: ThreadPoolExecutor | None = None,
+) -> tuple[Workspace, SnapshotRecord]:
+    """Restore a snapshot into a new, empty directory that becomes a new workspace."""
+    src = store.find_snapshot(snapshot_id)
+    if not isinstance(new_path, str) or not os.path.isabs(new_path):
+        raise InvalidArgument(f"fork target {new_path!r} must be an absolute path")
+    if os.path.lexists(new_path):
+        if not os.path.isdir(new_path) or os.path.islink(new_path) or os.listdir(new_path):
+            raise FailedPrecondition(f"fork target {new_path} exists and is not an empty directory")
+    else:
+        parent = os.path.dirname(os.path.abspath(new_path))
+        if not os.path.isdir(parent):
+            raise NotFound(f"parent directory of fork target {new_path} does not exist")
+        os.mkdir(new_path, 0o755)
+    if settings is None:
+        origin_ws = store.get_workspace_by_id(src.workspace_id)
+        settings = WorkspaceSettings.from_dict(origin_ws.settings if origin_ws else {})
+    ws = Workspace.open(store, new_path, settings, pool=pool)
+    with ws.lock:
+        planner = Planner(store, ws.excludes, Excludes(list(src.excludes)))
+        with store.writer() as w:
+            try:
+                plan = planner.plan(ws.root, src.root_tree, None)
+                contents = verify_needed(store, planner.needed)
+                applier = Applier(store, ws.rootfd, contents, fine_timestamps=ws.fine_timestamps)
+                if plan is not None:
+                    applier.apply(ws.root, plan, src.root_tree)
+                dirs: list[tuple[bytes, idx.Node]] = []
+                head = encode_dirty(ws.root, w, dirs)
+                nodes = dict(idx.walk(ws.root))
+                nodes[b""] = ws.root
+                rec = w.commit(
+                    workspace_id=ws.id,
+                    head=head,
+                    snapshot=NewSnapshot(
+                        head,
+                        f"fork of {src.id}",
+                        {"forked_from": src.id},
+                        "fork",
+                        src.id,
+                        {"files_written": applier.stats.files_written},
+                        False,
+                        list(ws.excludes.patterns),
+                    ),
+                    index=IndexDelta(
+                        upserts=[(p, idx.encode_record(n)) for p, n in nodes.items()],
+                        replace_all=True,
+                    ),
+                    retention=ws.settings.retention(),
+                )
+            except BaseException:
+                ws._load_index()
+                raise
+        ws._replace_index = False
+        assert rec is not None
+        ws.current_snapshot = rec.id
+    return ws, rec
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise InvalidArgument("snapshot metadata must map strings to strings")
+    if sum(len(k) + len(v) for k, v in metadata.items()) > 64 * 1024:
+        raise InvalidArgument("snapshot metadata is larger than 64 KiB")
+    return dict(metadata)
+
+
+def iter_paths(values: Iterable[str]) -> set[bytes]:
+    return {os.fsencode(v) for v in values}
