@@ -61,7 +61,7 @@ class FileNode:
 
 
 class DirNode:
-    __slots__ = ("base_tree", "ctime_ns", "entries", "ino", "mode", "mtime_ns", "tree_id")
+    __slots__ = ("base_tree", "ctime_ns", "entries", "ino", "mode", "mtime_ns", "totals", "tree_id")
 
     kind = ENTRY_DIR
 
@@ -80,15 +80,32 @@ class DirNode:
         self.entries: dict[bytes, FileNode | DirNode] = {}
         self.tree_id = tree_id  # None: changed since last encoded
         self.base_tree = tree_id  # the last encoded tree, a good delta base for the next one
+        self.totals: tuple[int, int] | None = None  # (file bytes, files) below; None: unknown
 
     def entry(self, name: bytes) -> TreeEntry:
         assert self.tree_id is not None
         return TreeEntry(name, ENTRY_DIR, self.mode, self.mtime_ns, 0, self.tree_id)
 
     def invalidate(self) -> None:
+        self.totals = None
         if self.tree_id is not None:
             self.base_tree = self.tree_id
             self.tree_id = None
+
+    def subtree_totals(self) -> tuple[int, int]:
+        """(bytes, count) of regular files below; cached until the directory changes."""
+        if self.totals is None:
+            size = files = 0
+            for child in self.entries.values():
+                if isinstance(child, DirNode):
+                    b, f = child.subtree_totals()
+                    size += b
+                    files += f
+                elif child.kind != ENTRY_SYMLINK:
+                    size += child.size
+                    files += 1
+            self.totals = (size, files)
+        return self.totals
 
     def encode(self) -> tuple[bytes, list[bytes]]:
         """The tree object of this directory (children must be encoded) and its child ids."""

@@ -342,6 +342,7 @@ class Workspace:
                 try:
                     root_id, delta, stats = self._scan(w, hints)
                     st = stats.as_dict()
+                    st["logical_bytes"], st["total_files"] = self.root.subtree_totals()
                     st.update(
                         new_objects=w.new_objects,
                         new_bytes=w.new_bytes,
@@ -421,6 +422,7 @@ class Workspace:
                         w.commit(workspace_id=self.id, head=root_id, index=delta)
                     else:
                         st = stats.as_dict()
+                        st["logical_bytes"], st["total_files"] = self.root.subtree_totals()
                         rec = w.commit(
                             workspace_id=self.id,
                             head=root_id,

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS objects (
     refs     INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_unreferenced ON objects(refs) WHERE refs <= 0;
+CREATE INDEX IF NOT EXISTS objects_by_pack ON objects(pack);
 CREATE TABLE IF NOT EXISTS workspaces (
     id         INTEGER PRIMARY KEY,
     path       TEXT NOT NULL UNIQUE,

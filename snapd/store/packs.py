@@ -94,6 +94,12 @@ class PackWriter:
         with self._lock:
             self._close_locked()
 
+    def seal(self, pack_id: int) -> None:
+        """Stop appending to `pack_id` if it is the active pack (so it can be compacted)."""
+        with self._lock:
+            if self._fd is not None and self._pack_id == pack_id:
+                self._close_locked()
+
     @property
     def active_pack(self) -> int:
         return self._pack_id if self._fd is not None else 0

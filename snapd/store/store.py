@@ -161,6 +161,7 @@ class Store:
         self._tree_cache_lock = threading.Lock()
         self.tree_cache_limit = 400_000  # decoded entries kept in memory
         self.closed = False
+        self.last_recovery: dict | None = None
 
     # --- opening ------------------------------------------------------------------------------
     @classmethod
@@ -182,6 +183,9 @@ class Store:
         store = cls(root, Keys(secret))
         try:
             store._check_format()
+            from .recovery import recover_if_rebooted  # circular at import time
+
+            store.last_recovery = recover_if_rebooted(store)
         except BaseException:
             store.close()
             raise
@@ -232,26 +236,26 @@ class Store:
         conn = self._conn()
         if conn.in_transaction:
             raise RuntimeError("nested store transaction")
+        if durable:
+            conn.execute("PRAGMA synchronous = FULL")  # cannot change inside a transaction
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
-            raise _sqlite_error(e) from e
-        try:
-            yield conn
-            if durable:
-                conn.execute("PRAGMA synchronous = FULL")
             try:
-                conn.execute("COMMIT")
-            finally:
-                if durable:
-                    conn.execute("PRAGMA synchronous = NORMAL")
-        except BaseException as e:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            if isinstance(e, sqlite3.Error):
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
                 raise _sqlite_error(e) from e
-            raise
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as e:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise _sqlite_error(e) from e
+                raise
+        finally:
+            if durable:
+                conn.execute("PRAGMA synchronous = NORMAL")
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
         try:
@@ -431,6 +435,53 @@ class Store:
     # --- writing objects ----------------------------------------------------------------------
     def writer(self) -> ObjectWriter:
         return ObjectWriter(self)
+
+    # --- statistics ---------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Store-wide figures. logical: what plain copies of every kept snapshot would take."""
+        q = self.query
+        objects, raw_total, stored_total = q(
+            "SELECT count(*), coalesce(sum(raw_size), 0), coalesce(sum(length), 0) FROM objects"
+        )[0]
+        data_raw, data_stored = q(
+            "SELECT coalesce(sum(raw_size), 0), coalesce(sum(length), 0) FROM objects "
+            "WHERE kind = ? AND refs > 0",
+            (KIND_DATA,),
+        )[0]
+        garbage_objects, garbage_bytes = q(
+            "SELECT count(*), coalesce(sum(length), 0) FROM objects WHERE refs <= 0"
+        )[0]
+        packs, pack_bytes, live = q(
+            "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(live), 0) FROM packs"
+        )[0]
+        snapshots, logical, durable, pinned = q(
+            "SELECT count(*), coalesce(sum(json_extract(stats, '$.logical_bytes')), 0), "
+            "coalesce(sum(durable), 0), coalesce(sum(pinned), 0) FROM snapshots"
+        )[0]
+        workspaces = q("SELECT count(*) FROM workspaces")[0][0]
+        disk = 0
+        for dirpath, _, files in os.walk(self.root):
+            for f in files:
+                with contextlib.suppress(FileNotFoundError):
+                    disk += os.lstat(os.path.join(dirpath, f)).st_size
+        return {
+            "logical_bytes": logical,
+            "unique_bytes": data_raw,
+            "stored_bytes": disk,
+            "pack_bytes": pack_bytes,
+            "dedup_ratio": round(logical / data_raw, 3) if data_raw else 1.0,
+            "compression_ratio": round(data_raw / data_stored, 3) if data_stored else 1.0,
+            "objects": objects,
+            "objects_raw_bytes": raw_total,
+            "objects_stored_bytes": stored_total,
+            "packs": packs,
+            "garbage_objects": garbage_objects,
+            "garbage_bytes": garbage_bytes + max(0, pack_bytes - live - 16 * packs),
+            "snapshots": snapshots,
+            "durable_snapshots": durable,
+            "pinned_snapshots": pinned,
+            "workspaces": workspaces,
+        }
 
     # --- workspaces ---------------------------------------------------------------------------
     def get_workspace(self, path: str) -> WorkspaceRecord | None:

@@ -1,0 +1,273 @@
+"""Garbage collection: delete unreferenced objects, compact packs, give space back.
+
+Why it is safe with concurrent snapshots (in this process or others): every operation that
+reads or reuses objects holds the store's shared flock from its first lookup to its commit, and
+GC deletes only while holding the exclusive flock, taken without blocking. So GC never deletes
+an object that an in-flight snapshot decided to reuse; a snapshot that starts after a deletion
+looks the object up again and stores it anew. Reference counts are exact (kept in the same
+transactions as the references), so "refs <= 0" is the whole garbage test: no mark phase.
+
+Work is bounded: each batch holds the exclusive lock for at most `batch_seconds`, so snapshots
+wait at most that long, and `max_seconds` bounds a whole pass. A pass that runs out of time
+reports complete=False and the next pass continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from .format import (
+    KIND_CHUNKLIST,
+    KIND_TREE,
+    decode_chunklist,
+    decode_tree,
+    tree_children,
+)
+from .packs import pack_filename
+from .store import Store, _fsync_dir
+
+log = logging.getLogger("snapd.gc")
+
+DELETE_BATCH = 512
+# Compact a pack when less than this fraction of it is live.
+COMPACT_THRESHOLD = 0.5
+LOCK_RETRY_SECONDS = 0.05
+
+
+def collect(
+    store: Store,
+    *,
+    max_seconds: float | None = None,
+    batch_seconds: float = 0.05,
+    compact_threshold: float = COMPACT_THRESHOLD,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """One garbage-collection pass. Returns counters; complete=False if it ran out of time."""
+    t0 = time.monotonic()
+    deadline = t0 + max_seconds if max_seconds is not None else None
+    stats = {
+        "deleted_objects": 0,
+        "deleted_bytes": 0,
+        "unreadable_garbage": 0,
+        "packs_compacted": 0,
+        "packs_deleted": 0,
+        "bytes_copied": 0,
+        "reclaimed_bytes": 0,
+        "lock_waits": 0,
+        "complete": False,
+    }
+
+    def report(phase: str) -> None:
+        if progress is not None:
+            progress({"phase": phase, **stats})
+
+    before = _disk_usage(store)
+    done = _delete_garbage(store, stats, deadline, batch_seconds, report)
+    if done:
+        done = _compact(store, stats, deadline, compact_threshold, report)
+    if done:
+        _remove_orphan_packs(store, stats)
+        _vacuum(store)
+    stats["reclaimed_bytes"] = max(0, before - _disk_usage(store))
+    stats["complete"] = done
+    stats["duration_s"] = round(time.monotonic() - t0, 3)
+    report("done")
+    return stats
+
+
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+@contextlib.contextmanager
+def _exclusive(store: Store, stats: dict, deadline: float | None):
+    """The store's exclusive lock, retried without blocking; yields False on timeout."""
+    while True:
+        with store.exclusive(blocking=False) as got:
+            if got:
+                yield True
+                return
+        stats["lock_waits"] += 1
+        if _expired(deadline):
+            yield False
+            return
+        time.sleep(LOCK_RETRY_SECONDS)
+
+
+def _delete_garbage(store: Store, stats: dict, deadline, batch_seconds, report) -> bool:
+    while True:
+        if _expired(deadline):
+            return False
+        with _exclusive(store, stats, deadline) as got:
+            if not got:
+                return False
+            more = _delete_batch(store, stats, time.monotonic() + batch_seconds)
+        report("delete")
+        if not more:
+            return True
+
+
+def _delete_batch(store: Store, stats: dict, batch_deadline: float) -> bool:
+    """Delete up to DELETE_BATCH garbage objects in one transaction; True if more remain."""
+    with store.transaction() as conn:
+        rows = conn.execute(
+            "SELECT id, kind, pack, length, base FROM objects WHERE refs <= 0 LIMIT ?",
+            (DELETE_BATCH,),
+        ).fetchall()
+        if not rows:
+            return False
+        freed: dict[int, int] = {}
+        for oid, kind, pack, length, base in rows:
+            children: list[bytes] = []
+            if kind in (KIND_TREE, KIND_CHUNKLIST):
+                try:
+                    raw = store.read(oid, kind)
+                    if kind == KIND_TREE:
+                        children = list(tree_children(decode_tree(raw)))
+                    else:
+                        children = [cid for cid, _ in decode_chunklist(raw)]
+                except Exception as e:  # damaged: its children stay referenced (leak, not loss)
+                    stats["unreadable_garbage"] += 1
+                    log.warning(
+                        "garbage object %s is unreadable (%s); its children leak until "
+                        "'snapd verify --repair' recounts references",
+                        oid.hex(),
+                        e,
+                    )
+            if base is not None:
+                children.append(base)
+            cur = conn.execute("DELETE FROM objects WHERE id=? AND refs <= 0", (oid,))
+            if cur.rowcount != 1:
+                continue
+            if children:
+                conn.executemany(
+                    "UPDATE objects SET refs = refs - 1 WHERE id = ?", [(c,) for c in children]
+                )
+            freed[pack] = freed.get(pack, 0) + length
+            stats["deleted_objects"] += 1
+            stats["deleted_bytes"] += length
+            if time.monotonic() >= batch_deadline:
+                break
+        for pack, n in freed.items():
+            conn.execute("UPDATE packs SET live = live - ? WHERE id = ?", (n, pack))
+    return True
+
+
+def _pack_is_idle(path: str) -> int | None:
+    """An fd holding the pack's flock if no writer is appending to it, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _compact(store: Store, stats: dict, deadline, threshold: float, report) -> bool:
+    rows = store.query("SELECT id, name, size, live FROM packs ORDER BY live * 1.0 / max(size, 1)")
+    header = 16
+    for pack_id, name, size, live in rows:
+        if _expired(deadline):
+            return False
+        payload = max(size - header, 0)
+        if payload == 0 or live >= threshold * payload:
+            continue
+        path = os.path.join(store.packs_dir, pack_filename(name))
+        store._writer.seal(pack_id)  # our own active pack: start a new one instead
+        lock_fd = _pack_is_idle(path)
+        if lock_fd is None:
+            continue  # a writer is appending to it: next pass
+        try:
+            with _exclusive(store, stats, deadline) as got:
+                if not got:
+                    return False
+                _compact_pack(store, pack_id, name, path, stats)
+        finally:
+            os.close(lock_fd)
+        report("compact")
+    return True
+
+
+def _compact_pack(store: Store, pack_id: int, name: str, path: str, stats: dict) -> None:
+    """Copy a pack's live records into the active pack, then delete the old pack."""
+    live = store.query(
+        "SELECT id, offset, length FROM objects WHERE pack=? ORDER BY offset", (pack_id,)
+    )
+    moved: list[tuple[bytes, int, int, int]] = []  # id, new pack, new offset, length
+    if live:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            records = []
+            for _oid, offset, length in live:
+                rec = os.pread(fd, length, offset)
+                if len(rec) != length:
+                    raise OSError(f"pack {name} is truncated; run 'snapd verify'")
+                records.append(rec)
+        finally:
+            os.close(fd)
+        new_pack, offsets = store._writer.append(records)
+        moved = [
+            (oid, new_pack, off, length)
+            for (oid, _, length), off in zip(live, offsets, strict=True)
+        ]
+        stats["bytes_copied"] += sum(len(r) for r in records)
+    synced = store.sync_packs()  # the copies must be durable before the originals go
+    with store.transaction(durable=True) as conn:
+        for oid, new_pack, off, _length in moved:
+            conn.execute("UPDATE objects SET pack=?, offset=? WHERE id=?", (new_pack, off, oid))
+        if moved:
+            new_pack = moved[0][1]
+            end = max(off + length for _, _, off, length in moved)
+            conn.execute(
+                "UPDATE packs SET live = live + ?, size = max(size, ?) WHERE id = ?",
+                (sum(m[3] for m in moved), end, new_pack),
+            )
+        conn.execute("DELETE FROM packs WHERE id=?", (pack_id,))
+        store._record_synced(conn, synced)
+    store._reader.forget(name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    _fsync_dir(store.packs_dir)
+    stats["packs_compacted" if moved else "packs_deleted"] += 1
+
+
+def _remove_orphan_packs(store: Store, stats: dict) -> None:
+    """Delete pack files the catalog does not know (left by a crash mid-compaction)."""
+    known = {name for (name,) in store.query("SELECT name FROM packs")}
+    for fname in os.listdir(store.packs_dir):
+        if not fname.endswith(".pack") or fname[:-5] in known:
+            continue
+        path = os.path.join(store.packs_dir, fname)
+        fd = _pack_is_idle(path)
+        if fd is None:
+            continue  # a writer has just created it and is registering it
+        try:
+            if not store.query("SELECT 1 FROM packs WHERE name=?", (fname[:-5],)):
+                os.unlink(path)
+                stats["packs_deleted"] += 1
+        finally:
+            os.close(fd)
+
+
+def _vacuum(store: Store) -> None:
+    conn = store._conn()
+    conn.execute("PRAGMA incremental_vacuum")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _disk_usage(store: Store) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(store.root):
+        for f in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+    return total
