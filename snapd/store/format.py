@@ -50,10 +50,7 @@ class Keys:
         if len(secret) < 32:
             raise ValueError("store secret must be at least 32 bytes")
         # One independent 64-bit seed per kind (domain separation).
-        self.seeds = {
-            kind: int.from_bytes(xxhash.xxh3_64_digest(secret, seed=kind), "little")
-            for kind in KINDS
-        }
+        self.seeds = {kind: xxhash.xxh3_64_intdigest(secret, seed=kind) for kind in KINDS}
 
     def object_id(self, kind: int, data: bytes | bytearray | memoryview) -> bytes:
         return xxhash.xxh3_128_digest(data, seed=self.seeds[kind])
