@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC modules for snapd.v1 (see scripts/gen-protos)."""
