@@ -33,6 +33,7 @@ from .restore import Applier, Change, Planner, RestoreStats, parse_paths, verify
 from .scanner import Scanner, ScanStats, encode_dirty
 from .store.catalog import SnapshotRecord
 from .store.store import IndexDelta, NewSnapshot, Retention, Store
+from .watcher import TreeWatcher
 
 _default_pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -175,6 +176,7 @@ class Workspace:
         self.rootfd = open_root(path)
         self.fine_timestamps = probe_fine_timestamps(self.rootfd)
         self._ignore_bytes: bytes | None = None
+        self._pending_full = False
         self.excludes = Excludes(list(settings.exclude))
         self._refresh_excludes()
         self.root: DirNode = DirNode()
@@ -184,6 +186,10 @@ class Workspace:
         self.current_snapshot: str | None = latest.id if latest else None
         self.closed = False
         self.last_stats: dict = {}
+        self._racy_paths: set[bytes] = set()
+        self.watcher: TreeWatcher | None = None
+        if settings.watch:
+            self.start_watcher()
 
     # --- opening ------------------------------------------------------------------------------
     @classmethod
@@ -216,10 +222,23 @@ class Workspace:
         rec = store.ensure_workspace(real, settings.to_dict())
         return cls(store, rec.id, real, settings, pool=pool)
 
+    def start_watcher(self) -> None:
+        if self.watcher is None:
+            self.watcher = TreeWatcher(self.path, self._watch_excluded)
+
+    def stop_watcher(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
+
+    def _watch_excluded(self, rel: bytes, is_dir: bool) -> bool:
+        return self.excludes.excluded(rel, is_dir)
+
     def close(self) -> None:
         with self.lock:
             if not self.closed:
                 self.closed = True
+                self.stop_watcher()
                 os.close(self.rootfd)
 
     def _check_open(self) -> None:
@@ -242,6 +261,10 @@ class Workspace:
             self.settings = settings
             self.store.ensure_workspace(self.path, settings.to_dict())
             self._refresh_excludes(force=True)
+            if settings.watch:
+                self.start_watcher()
+            else:
+                self.stop_watcher()
 
     # --- excludes -----------------------------------------------------------------------------
     def _read_ignore_file(self) -> bytes | None:
@@ -264,17 +287,36 @@ class Workspace:
         """Re-read .snapdignore; True if the effective rules changed (a full scan is due)."""
         data = self._read_ignore_file()
         if data == self._ignore_bytes and not force:
-            return False
+            return self._pending_full
         self._ignore_bytes = data
         new = combine(list(self.settings.exclude), data)
-        changed = new != self.excludes
+        if new != self.excludes or force:
+            self._pending_full = True  # cleared by the next successful scan
         self.excludes = new
-        return changed or force
+        return self._pending_full
 
     # --- snapshot -----------------------------------------------------------------------------
     def _scan(self, sink, hints: Hints | None) -> tuple[bytes, IndexDelta, ScanStats]:
         """Bring the index up to date; returns (root tree id, persisted-index delta, stats)."""
-        full = hints is None or self._replace_index or self._refresh_excludes()
+        taken = None
+        watcher = self.watcher
+        if hints is None and watcher is not None and watcher.ready.is_set():
+            watcher.barrier()
+            taken = watcher.take()
+            if not taken.full:
+                hints = Hints(taken.paths | self._racy_paths, taken.subtrees)
+        try:
+            return self._scan_hinted(sink, hints)
+        except BaseException:
+            if taken is not None:
+                watcher.put_back(taken)
+            raise
+
+    def _scan_hinted(self, sink, hints: Hints | None) -> tuple[bytes, IndexDelta, ScanStats]:
+        excludes_changed = self._refresh_excludes()
+        if excludes_changed and self.watcher is not None:
+            self.watcher.rewatch()
+        full = hints is None or self._replace_index or excludes_changed
         scanner = Scanner(
             self.rootfd,
             self.root,
@@ -318,6 +360,9 @@ class Workspace:
         delta.deletes = sorted(removed - set(changed))
         delta.delete_subtrees = sorted(removed)
         delta.upserts = [(p, idx.encode_record(n)) for p, n in changed.items()]
+        self._pending_full = False
+        # Racy entries (coarse timestamps only) are re-checked by the next hinted scan too.
+        self._racy_paths = {p for p, n in changed.items() if isinstance(n, idx.FileNode) and n.racy}
         stats = scanner.stats
         for extra in scanners[1:]:
             stats = extra.stats

@@ -1,0 +1,331 @@
+"""Watcher-driven change tracking: which paths may have changed since the last snapshot.
+
+Built on watchdog's inotify layer (watchdog.observers.inotify_c.InotifyFD), below its move-event
+grouper: a dirty set needs no move pairing, and the grouper holds an unmatched IN_MOVED_FROM for
+half a second, delaying every later event (the sync cookie included). The watcher is only a hint:
+the snapshot still stat-checks every candidate, and whenever events may have been lost the
+affected subtree, or the whole workspace, is rescanned:
+
+- kernel queue overflow (IN_Q_OVERFLOW reaches us through InotifyFD's on_queue_overflow hook):
+  full rescan, and every watch is re-added;
+- watch limit reached (ENOSPC from inotify_add_watch): the unwatched subtrees are rescanned at
+  every snapshot, counted and logged;
+- a directory created (or moved in) and filled before its watch existed: its watch is added when
+  its creation event arrives and the whole new subtree is rescanned;
+- the watcher thread died, or the workspace root itself was moved or deleted: full rescan.
+
+Consistency barrier (Watchman's sync cookie): before a snapshot uses the dirty set it creates a
+uniquely named file in the root and waits until that file's creation event has come through; the
+kernel queues events in order, so every change made before the call is then in the dirty set.
+Cookies are internal names: never stored, always removed.
+
+Limits (as for Watchman): writes through a hard link outside the workspace and writes through a
+shared mmap produce no event for the workspace path; a full scan (watch=false, or `snapd
+snapshot --full`) catches them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import secrets
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from watchdog.observers.inotify_c import CallbackId, InotifyConstants, InotifyEvent, InotifyFD
+
+from .errors import DeadlineExceeded
+from .fsutil import join
+from .ignore import INTERNAL_PREFIX
+
+log = logging.getLogger("snapd.watcher")
+# Re-adding a watch we already hold is how a moved directory's watches get their new paths;
+# watchdog warns about the repeated callback registration, which is expected here.
+warnings.filterwarnings(
+    "ignore", message="Callback with id", category=RuntimeWarning, module=__name__
+)
+
+COOKIE_PREFIX = INTERNAL_PREFIX + b"cookie-"
+IC = InotifyConstants
+WATCH_MASK = (
+    IC.IN_CREATE
+    | IC.IN_DELETE
+    | IC.IN_MODIFY
+    | IC.IN_ATTRIB
+    | IC.IN_MOVED_FROM
+    | IC.IN_MOVED_TO
+    | IC.IN_DELETE_SELF
+    | IC.IN_MOVE_SELF
+    | IC.IN_DONT_FOLLOW
+    | IC.IN_ONLYDIR
+    | IC.IN_EXCL_UNLINK
+)
+_IN_ISDIR = IC.IN_ISDIR
+
+
+@dataclass
+class DirtySet:
+    paths: set[bytes] = field(default_factory=set)
+    subtrees: set[bytes] = field(default_factory=set)
+    full: bool = False
+
+    def merge(self, other: DirtySet) -> None:
+        self.paths |= other.paths
+        self.subtrees |= other.subtrees
+        self.full = self.full or other.full
+
+
+class TreeWatcher:
+    """Watches one workspace tree. Thread-safe; implements watchdog's WatchCallback protocol."""
+
+    def __init__(
+        self,
+        root: str,
+        excluded: Callable[[bytes, bool], bool],
+        *,
+        inotify: InotifyFD | None = None,
+    ) -> None:
+        self.root = root
+        self._root_b = os.fsencode(root)
+        self._excluded = excluded
+        self._lock = threading.Lock()
+        self._dirty = DirtySet(full=True)  # nothing is known until the first full scan
+        self._wd_path: dict[int, bytes] = {}
+        self._unwatched: set[bytes] = set()
+        self._cookies: dict[bytes, threading.Event] = {}
+        self._cookie_seq = itertools.count()
+        self._id = CallbackId(id(self))
+        self._fd = inotify or InotifyFD()
+        if inotify is None:
+            self._fd.start()
+        self.ready = threading.Event()
+        self.closed = False
+        self.counters = {
+            "events": 0,
+            "overflows": 0,
+            "watch_limit_errors": 0,
+            "unwatched_dirs": 0,
+            "rescans_full": 0,
+            "rescans_subtree": 0,
+            "watches": 0,
+            "restarts": 0,
+        }
+        self._setup = threading.Thread(
+            target=self._initial_watches, name="snapd-watch-setup", daemon=True
+        )
+        self._setup.start()
+
+    # --- watches --------------------------------------------------------------------------------
+    def _initial_watches(self) -> None:
+        try:
+            self._watch_tree(b"")
+        except Exception:
+            log.exception("watcher setup failed for %s; snapshots will scan fully", self.root)
+            with self._lock:
+                self._dirty.full = True
+        finally:
+            self.ready.set()
+
+    def _watch_tree(self, rel: bytes) -> None:
+        """Add watches for `rel` and every directory below it (not following symlinks)."""
+        stack = [rel]
+        while stack:
+            d = stack.pop()
+            if not self._add_watch(d):
+                continue
+            try:
+                it = os.scandir(os.path.join(self._root_b, d) if d else self._root_b)
+            except OSError:
+                continue
+            with it:
+                for de in it:
+                    if de.name.startswith(INTERNAL_PREFIX):
+                        continue
+                    try:
+                        if not de.is_dir(follow_symlinks=False):
+                            continue
+                    except OSError:
+                        continue
+                    child = join(d, de.name)
+                    if not self._excluded(child, True):
+                        stack.append(child)
+
+    def _add_watch(self, rel: bytes) -> bool:
+        path = os.path.join(self._root_b, rel) if rel else self._root_b
+        try:
+            wd = self._fd.add_callback(path, WATCH_MASK, self, self._id)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                with self._lock:
+                    self.counters["watch_limit_errors"] += 1
+                    self._unwatched.add(rel)
+                    self.counters["unwatched_dirs"] = len(self._unwatched)
+                log.error(
+                    "inotify watch limit reached in %s at %r: that subtree will be rescanned at "
+                    "every snapshot. Raise fs.inotify.max_user_watches (see systemd/).",
+                    self.root,
+                    os.fsdecode(rel),
+                )
+            return False  # gone, not a directory any more, or not watchable
+        if wd < 0:
+            return False
+        with self._lock:
+            self._wd_path[wd] = rel
+            self._unwatched.discard(rel)
+            self.counters["watches"] = len(self._wd_path)
+        return True
+
+    # --- WatchCallback protocol (called on the inotify thread) -----------------------------------
+    def on_event(self, event: InotifyEvent) -> None:
+        try:
+            self._handle(event)
+        except Exception:  # never let the inotify thread die; lose precision, not correctness
+            log.exception("watcher event handling failed; next snapshot scans fully")
+            with self._lock:
+                self._dirty.full = True
+
+    def on_watch_deleted(self, wd) -> None:
+        with self._lock:
+            self._wd_path.pop(wd, None)
+            self.counters["watches"] = len(self._wd_path)
+
+    def on_queue_overflow(self) -> None:
+        with self._lock:
+            self.counters["overflows"] += 1
+            self._dirty.full = True
+        log.warning(
+            "inotify queue overflow in %s: events lost, next snapshot rescans fully", self.root
+        )
+        # Re-add watches off the inotify thread so it keeps draining the queue.
+        threading.Thread(target=self._rewatch_all, name="snapd-rewatch", daemon=True).start()
+
+    def _rewatch_all(self) -> None:
+        with contextlib.suppress(Exception):
+            self._watch_tree(b"")
+
+    def _handle(self, event: InotifyEvent) -> None:
+        mask = event.mask
+        with self._lock:
+            base = self._wd_path.get(event.wd)
+            self.counters["events"] += 1
+        if base is None:
+            return
+        name = event.name
+        if not name:
+            if mask & (IC.IN_DELETE_SELF | IC.IN_MOVE_SELF) and base == b"":
+                log.warning("workspace root %s was moved or deleted", self.root)
+                with self._lock:
+                    self._dirty.full = True
+            elif base:
+                with self._lock:
+                    self._dirty.paths.add(base)
+            return
+        if name.startswith(INTERNAL_PREFIX):
+            if base == b"" and name.startswith(COOKIE_PREFIX) and mask & IC.IN_CREATE:
+                with self._lock:
+                    ev = self._cookies.get(name)
+                if ev is not None:
+                    ev.set()
+            return
+        path = join(base, name)
+        is_dir = bool(mask & _IN_ISDIR)
+        if is_dir and mask & (IC.IN_CREATE | IC.IN_MOVED_TO):
+            # Watch it first, then let the snapshot rescan it: files that appeared before the
+            # watch existed are found by the scan, later ones by events.
+            if not self._excluded(path, True):
+                self._watch_tree(path)
+            with self._lock:
+                self._dirty.subtrees.add(path)
+            return
+        with self._lock:
+            self._dirty.paths.add(path)
+
+    # --- the snapshot side ----------------------------------------------------------------------
+    def healthy(self) -> bool:
+        return not self.closed and self._fd.is_alive()
+
+    def barrier(self, timeout: float = 10.0) -> None:
+        """Return once every change made before this call is in the dirty set."""
+        if not self.healthy():
+            self._restart()
+            return
+        name = COOKIE_PREFIX + f"{next(self._cookie_seq)}-{secrets.token_hex(4)}".encode()
+        ev = threading.Event()
+        with self._lock:
+            self._cookies[name] = ev
+        path = os.path.join(self._root_b, name)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            if not ev.wait(timeout):
+                if not self.healthy():
+                    self._restart()
+                    return
+                raise DeadlineExceeded(
+                    f"the file watcher of {self.root} did not deliver its sync cookie within "
+                    f"{timeout:.0f} s (system overloaded?); retry, or disable watching for this "
+                    "workspace"
+                )
+        finally:
+            with self._lock:
+                self._cookies.pop(name, None)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def take(self) -> DirtySet:
+        """Swap out the dirty set (unwatched subtrees are always included)."""
+        with self._lock:
+            d, self._dirty = self._dirty, DirtySet()
+            d.subtrees |= self._unwatched
+            if d.full:
+                self.counters["rescans_full"] += 1
+            elif d.subtrees:
+                self.counters["rescans_subtree"] += len(d.subtrees)
+        return d
+
+    def put_back(self, d: DirtySet) -> None:
+        """Return a taken dirty set after a failed snapshot, so nothing is forgotten."""
+        with self._lock:
+            self._dirty.merge(d)
+
+    def mark_full(self) -> None:
+        with self._lock:
+            self._dirty.full = True
+
+    def rewatch(self) -> None:
+        """Watch directories that may have become watchable (e.g. after exclude rules changed)."""
+        threading.Thread(target=self._rewatch_all, name="snapd-rewatch", daemon=True).start()
+
+    def _restart(self) -> None:
+        """The inotify thread is gone: start a new one, re-add every watch, rescan fully."""
+        log.error("the file watcher of %s stopped; restarting it (full rescan)", self.root)
+        with self._lock:
+            self.counters["restarts"] += 1
+            self._dirty.full = True
+            self._wd_path.clear()
+        self._fd = InotifyFD()
+        self._fd.start()
+        self._watch_tree(b"")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with self._lock:
+            wds = list(self._wd_path)
+            self._wd_path.clear()
+        with contextlib.suppress(Exception):
+            self._fd.remove_callbacks([(wd, self._id) for wd in wds])
+        with contextlib.suppress(Exception):
+            self._fd.stop()
+
+
+def wait_ready(watcher: TreeWatcher, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    return watcher.ready.wait(max(0.0, deadline - time.monotonic()))
