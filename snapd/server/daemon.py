@@ -253,27 +253,41 @@ class Daemon:
         return port
 
     # --- run ----------------------------------------------------------------------------------
-    def self_check(self) -> bool:
-        """Is the daemon healthy enough to tell systemd so? Catalog answers, socket is ours."""
+    def self_check(self) -> str | None:
+        """None if the daemon is healthy enough to tell systemd so, else what is wrong: the
+        catalog must answer a query and the socket file must still be the one we bound."""
         try:
             assert self.store is not None
             self.store.query("SELECT 1 FROM meta LIMIT 1")
-            st = os.lstat(self.config.socket)
-            if not stat.S_ISSOCK(st.st_mode) or st.st_ino != self._socket_ino:
-                log.error("watchdog: the socket %s was removed or replaced", self.config.socket)
-                return False
-            return True
         except Exception as e:
-            log.error("watchdog self-check failed: %s", e)
-            return False
+            return f"the store's catalog does not answer: {e}"
+        try:
+            st = os.lstat(self.config.socket)
+        except FileNotFoundError:
+            return f"the socket {self.config.socket} was removed"
+        except OSError as e:
+            return f"the socket {self.config.socket} cannot be checked: {e.strerror}"
+        if not stat.S_ISSOCK(st.st_mode) or st.st_ino != self._socket_ino:
+            return f"the socket {self.config.socket} was replaced"
+        return None
 
     def run(self) -> None:
         """Serve until stop() or a signal; then shut down."""
         interval = watchdog_interval()
         if interval:
             log.info("systemd watchdog: pinging every %.3f s after a self-check", interval)
+        last_problem = None
         while not self.stop_requested.wait(interval):
-            if interval and self.self_check():
+            if not interval:
+                continue
+            problem = self.self_check()
+            if problem != last_problem:  # log changes only, not every interval
+                if problem:
+                    log.error("watchdog: %s; withholding WATCHDOG=1", problem)
+                else:
+                    log.info("watchdog: self-check passes again")
+                last_problem = problem
+            if problem is None:
                 sd_notify("WATCHDOG=1")
         self.shutdown()
 

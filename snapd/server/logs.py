@@ -60,6 +60,10 @@ def setup(fmt: str = "text", level: str = "info") -> None:
 
 
 def log_call(method: str, workspace: int | None, code: str, ms: float, **extra) -> None:
-    fields = {"workspace": workspace if workspace else "-", "code": code, "ms": round(ms, 3)}
+    fields = {
+        "workspace": workspace if workspace and workspace > 0 else "-",
+        "code": code,
+        "ms": round(ms, 3),
+    }
     fields.update(extra)
     call_log.info(method, extra={"fields": fields})
