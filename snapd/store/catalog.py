@@ -36,7 +36,6 @@ CREATE TABLE IF NOT EXISTS objects (
     refs     INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_unreferenced ON objects(refs) WHERE refs <= 0;
-CREATE INDEX IF NOT EXISTS objects_by_pack ON objects(pack);
 CREATE TABLE IF NOT EXISTS workspaces (
     id         INTEGER PRIMARY KEY,
     path       TEXT NOT NULL UNIQUE,
@@ -77,8 +76,8 @@ def connect(path: str) -> sqlite3.Connection:
     # latest ones (never partially). persist() commits with FULL to make a snapshot durable.
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA cache_size = -16384")
-    # Keep the WAL from growing without bound after a large first snapshot.
-    conn.execute("PRAGMA journal_size_limit = 67108864")
+    # Truncate the WAL back to 1 MiB after checkpoints (a large first snapshot grows it).
+    conn.execute("PRAGMA journal_size_limit = 1048576")
     return conn
 
 

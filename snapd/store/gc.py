@@ -175,32 +175,57 @@ def _pack_is_idle(path: str) -> int | None:
 def _compact(store: Store, stats: dict, deadline, threshold: float, report) -> bool:
     rows = store.query("SELECT id, name, size, live FROM packs ORDER BY live * 1.0 / max(size, 1)")
     header = 16
-    for pack_id, name, size, live in rows:
-        if _expired(deadline):
-            return False
-        payload = max(size - header, 0)
-        if payload == 0 or live >= threshold * payload:
-            continue
-        path = os.path.join(store.packs_dir, pack_filename(name))
-        store._writer.seal(pack_id)  # our own active pack: start a new one instead
-        lock_fd = _pack_is_idle(path)
-        if lock_fd is None:
-            continue  # a writer is appending to it: next pass
-        try:
+    idle: list[tuple[int, str, str, int]] = []  # pack id, name, path, flock'ed fd
+    try:
+        for pack_id, name, size, live in rows:
+            if size <= header or live >= threshold * (size - header):
+                continue
+            path = os.path.join(store.packs_dir, pack_filename(name))
+            store._writer.seal(pack_id)  # our own active pack: start a new one instead
+            fd = _pack_is_idle(path)
+            if fd is not None:  # else a writer is appending to it: next pass
+                idle.append((pack_id, name, path, fd))
+        if not idle:
+            return True
+        # The packs are idle now and nothing appends to an idle pack again, so one scan of the
+        # index lists all their records (no index on `pack`: it would cost every object 25
+        # bytes of catalog for the benefit of this background pass).
+        by_pack: dict[int, list[tuple[bytes, int, int]]] = {p[0]: [] for p in idle}
+        for oid, pack, offset, length in store.query(
+            "SELECT id, pack, offset, length FROM objects"
+        ):
+            if pack in by_pack:
+                by_pack[pack].append((oid, offset, length))
+        for pack_id, name, path, _fd in idle:
+            if _expired(deadline):
+                return False
             with _exclusive(store, stats, deadline) as got:
                 if not got:
                     return False
-                _compact_pack(store, pack_id, name, path, stats)
-        finally:
-            os.close(lock_fd)
-        report("compact")
-    return True
+                try:
+                    _compact_pack(store, pack_id, name, path, by_pack[pack_id], stats)
+                except OSError as e:  # a damaged pack stays for 'snapd verify' to report
+                    log.warning("cannot compact pack %s: %s", name, e)
+                    stats["packs_skipped"] = stats.get("packs_skipped", 0) + 1
+            report("compact")
+        return True
+    finally:
+        for *_, fd in idle:
+            os.close(fd)
 
 
-def _compact_pack(store: Store, pack_id: int, name: str, path: str, stats: dict) -> None:
+def _compact_pack(
+    store: Store, pack_id: int, name: str, path: str, listed: list, stats: dict
+) -> None:
     """Copy a pack's live records into the active pack, then delete the old pack."""
-    live = store.query(
-        "SELECT id, offset, length FROM objects WHERE pack=? ORDER BY offset", (pack_id,)
+    # Objects deleted since the listing (by this or another process's GC) are skipped.
+    live = sorted(
+        (
+            r
+            for r in listed
+            if store.query("SELECT 1 FROM objects WHERE id=? AND pack=?", (r[0], pack_id))
+        ),
+        key=lambda r: r[1],
     )
     moved: list[tuple[bytes, int, int, int]] = []  # id, new pack, new offset, length
     if live:
