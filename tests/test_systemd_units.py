@@ -15,12 +15,18 @@ what systemd itself would say about them:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import errno
 import json
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -419,3 +425,343 @@ def test_doc_matches_the_units() -> None:
     doc = DOC.read_text()
     for needle in (SYSTEM_EXEC, USER_EXEC_IN_HOME, SYSCTL_FILE.name, SYSTEM_UNIT, USER_UNIT):
         assert needle in doc, needle
+
+
+# --- The real daemon in the units' sandbox ----------------------------------------------------
+#
+# Without systemd as PID 1 the units cannot run, but the parts of their sandbox most likely to
+# break a Python daemon can be rebuilt here from the unit files themselves, by a small launcher
+# that then execs the daemon:
+# * seccomp, with libseccomp (installed with systemd), stacked the way systemd stacks it: the
+#   system-call allow list (SystemCallFilter=, SystemCallErrorNumber=), RestrictAddressFamilies=,
+#   MemoryDenyWriteExecute=; plus NoNewPrivileges= and UMask=;
+# * namespaces, where this machine allows them (root, as here and on CI): ProtectSystem=strict
+#   (every mount read-only except /dev, /proc, /sys), ProtectKernelTunables= (/proc/sys
+#   read-only), PrivateTmp= (an empty /tmp and /var/tmp), the writable trees put back at their
+#   paths (ReadWritePaths=, StateDirectory=, RuntimeDirectory=), PrivateNetwork=, PrivateIPC=.
+# Not rebuilt: PrivateDevices=, PrivateUsers=, ProtectHome= (nothing under /home is used here),
+# ProtectProc=, and the capability bounding set.
+
+
+class SeccompPolicy:
+    """The seccomp-based settings of a unit, with syscall groups expanded by systemd-analyze."""
+
+    def __init__(self, unit: Path) -> None:
+        allow: set[str] = set()
+        deny: set[str] = set()
+        for entry in _values(unit, "SystemCallFilter"):
+            target = deny if entry.startswith("~") else allow
+            for item in entry.lstrip("~").split():
+                target |= _expand_syscalls(item)
+        self.allowed = sorted(allow - deny)
+        (errno_name,) = _values(unit, "SystemCallErrorNumber")
+        self.errno = getattr(errno, errno_name)
+        self.families = [
+            getattr(socket, f) for f in _values(unit, "RestrictAddressFamilies")[0].split()
+        ]
+        self.deny_wx = _values(unit, "MemoryDenyWriteExecute") == ["yes"]
+        self.umask = int(_values(unit, "UMask")[0], 8)
+        self.strict = _values(unit, "ProtectSystem") == ["strict"]
+        self.private_tmp = _values(unit, "PrivateTmp") == ["yes"]
+        self.tunables_ro = _values(unit, "ProtectKernelTunables") == ["yes"]
+        self.private_network = _values(unit, "PrivateNetwork") == ["yes"]
+        self.private_ipc = _values(unit, "PrivateIPC") == ["yes"]
+
+
+def _expand_syscalls(item: str) -> set[str]:
+    if not item.startswith("@"):
+        return {item}
+    out = _analyze(["syscall-filter", item]).stdout
+    names: set[str] = set()
+    for line in out.splitlines()[1:]:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            names |= _expand_syscalls(line)
+    return names
+
+
+class _ArgCmp(ctypes.Structure):  # libseccomp's struct scmp_arg_cmp
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
+
+
+_SCMP_ACT_ALLOW = 0x7FFF0000
+_SCMP_CMP_NE, _SCMP_CMP_MASKED_EQ = 1, 7
+_PROT_WRITE, _PROT_EXEC = 0x2, 0x4
+
+
+def _libseccomp() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+    ]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def _load_filter(lib: ctypes.CDLL, default: int, rules: list[tuple[int, str, list]]) -> None:
+    ctx = lib.seccomp_init(default)
+    assert ctx, "seccomp_init failed"
+    try:
+        for action, name, cmps in rules:
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr < 0:
+                continue  # not a syscall on this architecture; systemd skips these too
+            arr = (_ArgCmp * max(1, len(cmps)))(*cmps)
+            rc = lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), arr)
+            if rc < 0:
+                raise OSError(-rc, f"seccomp rule for {name}")
+        rc = lib.seccomp_load(ctx)  # also sets no_new_privs, as NoNewPrivileges=yes does
+        if rc < 0:
+            raise OSError(-rc, "seccomp_load")
+    finally:
+        lib.seccomp_release(ctx)
+
+
+_CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWNET = 0x00020000, 0x08000000, 0x40000000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+_MS_REMOUNT, _MS_BIND, _MS_REC, _MS_SLAVE = 0x20, 0x1000, 0x4000, 0x80000
+_MS_NOATIME, _MS_NODIRATIME, _MS_RELATIME = 0x400, 0x800, 0x200000
+_ST_TO_MS = {0x2: _MS_NOSUID, 0x4: _MS_NODEV, 0x8: _MS_NOEXEC, 0x400: _MS_NOATIME}
+_ST_TO_MS |= {0x800: _MS_NODIRATIME, 0x1000: _MS_RELATIME}
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT = 428, 429  # the same numbers on every architecture
+_OPEN_TREE_CLONE, _AT_RECURSIVE, _MOVE_MOUNT_F_EMPTY_PATH = 0x1, 0x8000, 0x4
+_AT_FDCWD = -100
+_API_FILESYSTEMS = ("/proc", "/sys", "/dev")
+
+
+def _libc_call(name: str, *args: object) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    rc = getattr(libc, name)(*args)
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}{args!r}: {os.strerror(err)}")
+    return rc
+
+
+def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    enc = [None if v is None else v.encode() for v in (src, target, fstype, data or None)]
+    _libc_call("mount", enc[0], enc[1], enc[2], ctypes.c_ulong(flags), enc[3])
+
+
+def _remount(target: str, read_only: bool) -> None:
+    """Flip one mount's read-only flag, keeping its other per-mount flags (as systemd does)."""
+    flags = os.statvfs(target).f_flag
+    keep = 0
+    for st_bit, ms_bit in _ST_TO_MS.items():
+        if flags & st_bit:
+            keep |= ms_bit
+    _mount(None, target, None, _MS_REMOUNT | _MS_BIND | keep | (_MS_RDONLY if read_only else 0))
+
+
+def _mount_points() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        points = {line.split()[4].replace("\\040", " ") for line in f}
+    return sorted(points)
+
+
+def _enter_namespaces(policy: SeccompPolicy, writable: list[str], visible: list[str]) -> None:
+    flags = _CLONE_NEWNS
+    flags |= _CLONE_NEWNET if policy.private_network else 0
+    flags |= _CLONE_NEWIPC if policy.private_ipc else 0
+    _libc_call("unshare", flags)
+    _mount(None, "/", None, _MS_REC | _MS_SLAVE)  # host mounts still come in; ours stay here
+    # Detached copies of the trees that must stay reachable, taken before anything hides them.
+    kept = []
+    for path in [*writable, *visible]:
+        fd = _libc_call(
+            "syscall",
+            ctypes.c_long(_SYS_OPEN_TREE),
+            ctypes.c_int(_AT_FDCWD),
+            path.encode(),
+            ctypes.c_uint(_OPEN_TREE_CLONE | _AT_RECURSIVE),
+        )
+        kept.append((path, fd, path in writable))
+    if policy.strict:
+        _remount("/", read_only=True)
+        for point in _mount_points():
+            if point != "/" and not any(
+                point == a or point.startswith(a + "/") for a in _API_FILESYSTEMS
+            ):
+                # A mount hidden under another one cannot be reached; the one on top can.
+                with contextlib.suppress(OSError):
+                    _remount(point, read_only=True)
+    if policy.tunables_ro:
+        _mount("/proc/sys", "/proc/sys", None, _MS_BIND | _MS_REC)
+        _remount("/proc/sys", read_only=True)
+    if policy.private_tmp:
+        for tmp in ("/tmp", "/var/tmp"):
+            if os.path.isdir(tmp):
+                _mount("tmpfs", tmp, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=1777")
+    for path, fd, rw in kept:
+        os.makedirs(path, exist_ok=True)  # inside the new /tmp
+        _libc_call(
+            "syscall",
+            ctypes.c_long(_SYS_MOVE_MOUNT),
+            ctypes.c_int(fd),
+            b"",
+            ctypes.c_int(_AT_FDCWD),
+            path.encode(),
+            ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH),
+        )
+        os.close(fd)
+        _remount(path, read_only=not rw)
+
+
+def _exec_sandboxed(
+    unit: Path, argv: list[str], writable: list[str], visible: list[str], namespaces: bool
+) -> None:
+    """Child side: build the unit's namespaces, load its filters (stacked, like systemd: the
+    strictest answer wins) and exec argv. The allow list goes last: it forbids seccomp()."""
+    policy = SeccompPolicy(unit)
+    if namespaces:
+        _enter_namespaces(policy, writable, visible)
+    lib = _libseccomp()
+    assert lib is not None
+
+    def errno_action(err: int) -> int:
+        return 0x00050000 | err
+
+    families = [
+        (errno_action(errno.EAFNOSUPPORT), "socket", [_ArgCmp(0, _SCMP_CMP_NE, f, 0)])
+        for f in policy.families
+    ]
+    assert len(families) == 1, "one allowed family is all this launcher supports"
+    _load_filter(lib, _SCMP_ACT_ALLOW, families)
+    if policy.deny_wx:
+        wx, x = _PROT_WRITE | _PROT_EXEC, _PROT_EXEC
+        eperm = errno_action(errno.EPERM)
+        _load_filter(
+            lib,
+            _SCMP_ACT_ALLOW,
+            [
+                (eperm, "mmap", [_ArgCmp(2, _SCMP_CMP_MASKED_EQ, wx, wx)]),
+                (eperm, "mprotect", [_ArgCmp(2, _SCMP_CMP_MASKED_EQ, x, x)]),
+                (eperm, "pkey_mprotect", [_ArgCmp(2, _SCMP_CMP_MASKED_EQ, x, x)]),
+            ],
+        )
+    _load_filter(
+        lib,
+        errno_action(policy.errno),
+        [(_SCMP_ACT_ALLOW, name, []) for name in policy.allowed],
+    )
+    os.umask(policy.umask)
+    os.execv(argv[0], argv)
+
+
+needs_libseccomp = pytest.mark.skipif(
+    _libseccomp() is None, reason="libseccomp (installed with systemd) is not available"
+)
+
+
+def _namespaces_available() -> bool:
+    """Can a child here make its own mount namespace (root, or a capable container)?"""
+    probe = "import ctypes,sys; sys.exit(ctypes.CDLL(None).unshare(0x00020000) != 0)"
+    return subprocess.run([sys.executable, "-c", probe]).returncode == 0
+
+
+@needs_analyze
+@needs_libseccomp
+@pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "seccomp-only"])
+@pytest.mark.parametrize(
+    "unit", [UNITS / "system" / SYSTEM_UNIT, UNITS / "user" / USER_UNIT], ids=["system", "user"]
+)
+def test_daemon_serves_in_the_units_sandbox(unit: Path, namespaces: bool, tmp_path: Path) -> None:
+    """Snapshot, diff, restore, read and a watchdog ping through the real daemon, sandboxed as
+    its unit says; then SIGTERM and a clean exit."""
+    from snapd.server.testing import DaemonProcess, short_tempdir
+
+    if namespaces and not _namespaces_available():
+        pytest.skip("this machine does not let a process make its own mount namespace")
+    base = Path(short_tempdir("snapd-sandbox-"))  # Unix socket paths are short
+    ws = tmp_path / "ws"
+
+    class SandboxedDaemon(DaemonProcess):
+        def command(self) -> list[str]:
+            launcher = [sys.executable, __file__, "--sandbox", str(unit)]
+            # Writable as ReadWritePaths=/StateDirectory=/RuntimeDirectory= would make them;
+            # the notify socket's directory stays visible, as systemd's is.
+            launcher += ["--rw", str(base), "--rw", str(ws)]
+            launcher += ["--ro", os.path.dirname(self.notify_path)]
+            launcher += [] if namespaces else ["--no-namespaces"]
+            return [*launcher, "--", *super().command()]
+
+    (ws / "src").mkdir(parents=True)
+    (ws / "src" / "app.py").write_text("print('v1')\n")
+    (ws / "data.bin").write_bytes(os.urandom(300_000))
+    (ws / "shared").mkdir()
+    (ws / "shared").chmod(0o2770)  # setgid directory: restored exactly (no RestrictSUIDSGID)
+    original = {p.relative_to(ws): p.read_bytes() for p in ws.rglob("*") if p.is_file()}
+
+    # WATCHDOG_USEC as systemd sets it for WatchdogSec=, shortened so a ping comes soon.
+    daemon = SandboxedDaemon(
+        str(base / "store"), str(base / "run" / "snapd.sock"), env={"WATCHDOG_USEC": "400000"}
+    )
+    try:
+        daemon.start()
+        proc = Path(f"/proc/{daemon.pid}")
+        status = (proc / "status").read_text()
+        assert re.search(r"^NoNewPrivs:\s+1$", status, re.M), "the launcher did not sandbox"
+        assert re.search(r"^Seccomp:\s+2$", status, re.M), "the launcher did not sandbox"
+        if namespaces:
+            for ns in ("mnt", "net", "ipc"):
+                assert os.readlink(proc / "ns" / ns) != os.readlink(f"/proc/self/ns/{ns}"), ns
+            root_mount = next(
+                line.split()
+                for line in (proc / "mountinfo").read_text().splitlines()
+                if line.split()[4] == "/"
+            )
+            assert "ro" in root_mount[5].split(","), root_mount
+
+        client = daemon.client()
+        try:
+            w = client.open_workspace(str(ws))
+            first = w.snapshot(label="first")
+            (ws / "src" / "app.py").write_text("print('v2')\n")
+            (ws / "data.bin").unlink()
+            (ws / "new.txt").write_text("new\n")
+            second = w.snapshot(label="second")
+            assert {c.path for c in w.diff(first.id, second.id)} >= {"src/app.py", "data.bin"}
+            w.restore(first.id)
+            restored = {p.relative_to(ws): p.read_bytes() for p in ws.rglob("*") if p.is_file()}
+            assert restored == original
+            assert (ws / "shared").stat().st_mode & 0o7777 == 0o2770
+            assert client.read_file(second.id, "src/app.py") == b"print('v2')\n"
+        finally:
+            client.close()
+        daemon.wait_for_message("WATCHDOG=1")  # the self-check passes inside the sandbox
+        assert daemon.terminate() == 0, daemon.log()
+        assert "STOPPING=1" in daemon.messages
+    finally:
+        daemon.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _launcher_main(args: list[str]) -> None:
+    """--sandbox UNIT [--rw PATH]... [--ro PATH]... [--no-namespaces] -- COMMAND..."""
+    split = args.index("--")
+    opts, argv = args[:split], args[split + 1 :]
+    unit, rest = Path(opts[1]), opts[2:]
+    writable = [rest[i + 1] for i, o in enumerate(rest) if o == "--rw"]
+    visible = [rest[i + 1] for i, o in enumerate(rest) if o == "--ro"]
+    _exec_sandboxed(unit, argv, writable, visible, "--no-namespaces" not in rest)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--sandbox"]:
+    _launcher_main(sys.argv[1:])
