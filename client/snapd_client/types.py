@@ -10,8 +10,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from ._proto import snapd_pb2 as pb
 
 _ORIGIN = {
@@ -34,18 +32,28 @@ _KIND = {
 
 
 def _struct(msg) -> dict[str, Any]:
-    """A google.protobuf.Struct as a dict; whole numbers come back as int."""
-    return _ints(MessageToDict(msg)) if msg is not None else {}
+    """A google.protobuf.Struct as a dict; whole numbers come back as int.
+
+    Written out by hand: json_format.MessageToDict is several times slower."""
+    if msg is None:
+        return {}
+    return {k: _value(v) for k, v in msg.fields.items()}
 
 
-def _ints(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_ints(v) for v in value]
-    return value
+def _value(v) -> Any:
+    kind = v.WhichOneof("kind")
+    if kind == "number_value":
+        n = v.number_value
+        return int(n) if n.is_integer() and abs(n) < 2**53 else n
+    if kind == "string_value":
+        return v.string_value
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "struct_value":
+        return _struct(v.struct_value)
+    if kind == "list_value":
+        return [_value(x) for x in v.list_value.values]
+    return None
 
 
 def _time(ts) -> float:

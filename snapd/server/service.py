@@ -251,7 +251,8 @@ class Service(pb_grpc.SnapdServiceServicer):
             pinned=request.pinned,
             hints=self.registry.hints(ws),
         )
-        self._on_garbage()  # retention may have evicted older snapshots
+        # Evicted snapshots leave garbage too; the collector finds it on its next round (not
+        # poked here: a poke per snapshot would cost every snapshot a garbage query).
         return pb.CreateSnapshotResponse(snapshot=convert.snapshot_msg(rec))
 
     @_stream
@@ -265,8 +266,6 @@ class Service(pb_grpc.SnapdServiceServicer):
             dry_run=request.dry_run,
             hints=self.registry.hints(ws),
         )
-        if not request.dry_run:
-            self._on_garbage()
         changes = result.changes
         for i in range(0, len(changes), CHANGE_BATCH):
             batch = changes[i : i + CHANGE_BATCH]
