@@ -4,6 +4,9 @@ Every handler is wrapped by `_unary` or `_stream`, which refuse calls while the 
 down, count calls in flight, turn exceptions into statuses (snapd.server.errors, the one place)
 and log one line per call.
 
+Change tracking: handlers pass no hints to the engine; a workspace with a file watcher uses its
+dirty set by itself, one without walks the tree.
+
 Locking: calls that change a workspace (snapshot, restore, live diff) go through the engine's
 Workspace methods, which hold that workspace's lock. Reads of stored snapshots (list, get,
 diff between two snapshots, list tree, read file, stats, persist/pin) use the store directly
@@ -249,7 +252,6 @@ class Service(pb_grpc.SnapdServiceServicer):
             dict(request.metadata),
             durable=request.durable,
             pinned=request.pinned,
-            hints=self.registry.hints(ws),
         )
         # Evicted snapshots leave garbage too; the collector finds it on its next round (not
         # poked here: a poke per snapshot would cost every snapshot a garbage query).
@@ -264,7 +266,6 @@ class Service(pb_grpc.SnapdServiceServicer):
             request.snapshot_id,
             list(request.paths) or None,
             dry_run=request.dry_run,
-            hints=self.registry.hints(ws),
         )
         changes = result.changes
         for i in range(0, len(changes), CHANGE_BATCH):
@@ -367,7 +368,7 @@ class Service(pb_grpc.SnapdServiceServicer):
                 )
             return
         ws = self.registry.get(request.workspace_id or old.workspace_id)
-        changes = ws.diff(old.id, None, hints=self.registry.hints(ws))
+        changes = ws.diff(old.id, None)
         yield from _batches(changes, CHANGE_BATCH, make)
 
     @_stream

@@ -17,7 +17,7 @@ import threading
 
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..store.store import Store
-from ..workspace import Hints, Workspace, WorkspaceSettings, fork, validate_workspace_path
+from ..workspace import Workspace, WorkspaceSettings, fork, validate_workspace_path
 from . import convert
 
 
@@ -68,11 +68,6 @@ class Registry:
 
     def count(self) -> int:
         return sum(1 for ws in list(self._open.values()) if not ws.closed)
-
-    def hints(self, ws: Workspace) -> Hints | None:
-        """What may have changed in ws since its index was last brought up to date; None means
-        "unknown, scan everything". The file watcher (a later change) fills this in."""
-        return None
 
     # --- adding and removing ------------------------------------------------------------------
     def open(self, path: str, settings: convert.pb.WorkspaceSettings | None):
