@@ -5,7 +5,12 @@ and sets `func` to a `cmd_<name>(args) -> int` function; `COMMANDS` lists the re
 functions in help order. Command functions import what they need (gRPC, the engine) inside
 their body, so `snapd --help` and argument errors stay fast.
 
-Exit codes: 0 success, 1 failure (the message says why), 2 usage error (argparse).
+The inspection commands (workspaces, log, show, diff, cat, ls, snapshot, restore, persist,
+pin, unpin, rm, fork, gc, verify, stats) are registered from snapd.cli_commands, which keeps
+their parsers import-light and loads each implementation only when it runs.
+
+Exit codes: 0 success, 1 failure (the message says why), 2 usage error (argparse); the
+inspection commands add 3-7 (see snapd.cli_commands.exitcodes and `snapd --help`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+
+from . import cli_commands
 
 
 # --- serve ------------------------------------------------------------------------------------
@@ -82,14 +89,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # --- entry point ------------------------------------------------------------------------------
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_serve]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    register_serve,
+    *cli_commands.REGISTER,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli_commands.ArgumentParser(
         prog="snapd",
         description="Workspace snapshots for AI agents: the daemon and its inspection commands.",
+        epilog=cli_commands.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    cli_commands.add_global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for register in COMMANDS:
@@ -99,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "socket", None) is None and getattr(args, "global_socket", None):
+        args.socket = args.global_socket  # `snapd --socket PATH serve` means what it says
     return args.func(args)
 
 
