@@ -306,13 +306,22 @@ class Daemon:
         cfg = self.config
         sd_notify("STOPPING=1")
         self.health.enter_graceful_shutdown()
+        # Refuse new calls ourselves, with UNAVAILABLE (clients retry idempotent calls, and so
+        # reach the next daemon), while the server keeps running for the calls in flight:
+        # grpcio's own stop() would answer new calls with CANCELLED instead.
         self.state.stop_accepting()
         t0 = time.monotonic()
+        if not self.state.wait_idle(cfg.grace_seconds):
+            log.warning(
+                "%d calls still running after the %.1f s grace period; cancelling them",
+                self.state.in_flight,
+                cfg.grace_seconds,
+            )
         if self.server is not None:
-            self.server.stop(cfg.grace_seconds).wait()
+            self.server.stop(0).wait()
         busy = self.state.in_flight
         if busy and not self.state.wait_idle(HARD_STOP_EXTRA_SECONDS):
-            log.error("%d calls still running after the grace period; closing anyway", busy)
+            log.error("%d calls still inside the engine; closing the store anyway", busy)
         if self.service is not None:
             self.service.join_workers(5.0)
         self._release()

@@ -161,12 +161,15 @@ class Service(pb_grpc.SnapdServiceServicer):
         if not self.state.enter():
             log_call(method, None, "UNAVAILABLE", 0.0)
             context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        # The call counts as in flight until gRPC has finished it (answer sent or cancelled),
+        # not just until the handler returns: shutdown must not cut off an answer being sent.
+        if not context.add_callback(self.state.leave):
+            self.state.leave()
         return _Call(method, getattr(request, "workspace_id", 0))
 
     def _end(self, call: _Call, code: grpc.StatusCode, context=None) -> None:
         if code == grpc.StatusCode.OK and context is not None and not context.is_active():
             code = grpc.StatusCode.CANCELLED  # done, but the client gave up (deadline, cancel)
-        self.state.leave()
         log_call(call.method, call.workspace, code.name, (time.perf_counter() - call.t0) * 1000)
 
     def join_workers(self, timeout: float) -> None:
