@@ -15,10 +15,11 @@ import inspect
 import os
 import shutil
 import signal
+import tempfile
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from .types import Step, StepContext, Verdict
 
@@ -59,43 +60,39 @@ async def run_command(
     The step is over when the command exits: whatever it left running in its process group is
     killed then, so nothing keeps writing into the workspace behind the pipeline's back. If the
     caller is cancelled, the group gets SIGTERM, then SIGKILL after kill_grace seconds, and the
-    cancellation goes on only once the command is gone.
+    cancellation goes on only once the command is gone. Output goes to unnamed temporary files
+    rather than pipes: asyncio reports a process's exit only once its pipes close, and a
+    leftover background child holding them would hide the exit. The first max_output bytes
+    of each are returned.
     """
     full_env = dict(os.environ if env is None else env)
-    kw: dict[str, Any] = {
-        "cwd": cwd,
-        "env": full_env,
-        "stdin": asyncio.subprocess.DEVNULL,
-        "stdout": asyncio.subprocess.PIPE,
-        "stderr": asyncio.subprocess.PIPE,
-        "start_new_session": True,  # a process group of its own, to stop it as a whole
-    }
-    if isinstance(command, str):
-        proc = await asyncio.create_subprocess_shell(command, **kw)
-    else:
-        proc = await asyncio.create_subprocess_exec(*command, **kw)
-    assert proc.stdout is not None and proc.stderr is not None
-    readers = [
-        asyncio.ensure_future(_read_capped(proc.stdout, max_output)),
-        asyncio.ensure_future(_read_capped(proc.stderr, max_output)),
-    ]
-    try:
-        returncode = await proc.wait()
-    except asyncio.CancelledError:
-        _signal_group(proc.pid, signal.SIGTERM)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        kw: dict[str, Any] = {
+            "cwd": cwd,
+            "env": full_env,
+            "stdin": asyncio.subprocess.DEVNULL,
+            "stdout": out,
+            "stderr": err,
+            "start_new_session": True,  # a process group of its own, to stop it as a whole
+        }
+        if isinstance(command, str):
+            proc = await asyncio.create_subprocess_shell(command, **kw)
+        else:
+            proc = await asyncio.create_subprocess_exec(*command, **kw)
         try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), kill_grace)
-        except (TimeoutError, asyncio.CancelledError):
-            pass
-        _signal_group(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(BaseException):
-            await proc.wait()
-        for r in readers:
-            r.cancel()
-        raise
-    _signal_group(proc.pid, signal.SIGKILL)  # leftovers of the finished step
-    out, err = await asyncio.gather(*readers)
-    return CommandResult(command, returncode, out, err)
+            returncode = await proc.wait()
+        except asyncio.CancelledError:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), kill_grace)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            _signal_group(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(BaseException):
+                await proc.wait()
+            raise
+        _signal_group(proc.pid, signal.SIGKILL)  # leftovers of the finished step
+        return CommandResult(command, returncode, _head(out, max_output), _head(err, max_output))
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -103,16 +100,9 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-async def _read_capped(stream: asyncio.StreamReader, limit: int) -> str:
-    """Everything the stream delivers up to `limit` bytes; the rest is read and dropped so the
-    child never blocks on a full pipe."""
-    kept = bytearray()
-    while True:
-        block = await stream.read(65536)
-        if not block:
-            return kept.decode(errors="replace")
-        if len(kept) < limit:
-            kept += block[: limit - len(kept)]
+def _head(f: IO[bytes], limit: int) -> str:
+    f.seek(0)
+    return f.read(limit).decode(errors="replace")
 
 
 class ShellExecutor:
