@@ -192,6 +192,7 @@ class Scanner:
     def _scan_dir_entries(self, dfd: int, rel: bytes, node: DirNode, chain) -> None:
         entries = node.entries
         seen: set[bytes] = set()
+        new_files = 0  # seen regular files not in `entries` yet (added when their content is read)
         excludes = self.excludes if self.excludes else None
         stats = self.stats
         try:
@@ -232,6 +233,8 @@ class Scanner:
                         continue
                     self._invalidate(chain)
                     self._candidates.append((path, name, node, list(chain), old))
+                    if old is None:
+                        new_files += 1
                 elif fmt == stat.S_IFDIR:
                     if excludes is not None and excludes.excluded(path, True):
                         continue
@@ -281,7 +284,8 @@ class Scanner:
                     stats.skipped_special += 1
                     if len(stats.special_paths) < 100:
                         stats.special_paths.append(os.fsdecode(path))
-        if len(seen) != len(entries):
+        # Every seen name is in `entries` except the new files; anything else there is gone.
+        if len(seen) - new_files != len(entries):
             for name in [n for n in entries if n not in seen]:
                 self._remove(node, chain, name, join(rel, name))
 

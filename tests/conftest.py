@@ -79,5 +79,6 @@ def open_ws(store) -> Iterator[Callable[..., Workspace]]:
 
 @pytest.fixture
 def ws(open_ws, ws_dir) -> Workspace:
-    """A workspace on ws_dir with default settings except a large retention window."""
-    return open_ws(ws_dir, keep_last=100)
+    """A workspace on ws_dir that walks the whole tree at each snapshot (no file watcher) and
+    keeps its last 100 snapshots. Tests of the watcher path open their own with watch=True."""
+    return open_ws(ws_dir, keep_last=100, watch=False)
