@@ -183,6 +183,28 @@ def test_oversize_message_is_resource_exhausted(client: Client, daemon, ws) -> N
     assert ws.snapshot(label="fine").label == "fine"  # the daemon is still serving
 
 
+def test_malformed_request_is_invalid_argument(daemon) -> None:
+    with grpc.insecure_channel("unix://" + daemon.socket) as ch:
+        raw = ch.unary_unary(
+            "/snapd.v1.SnapdService/OpenWorkspace",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        for bad in (b"\x0a\x02\xff\xfe", b"\xff\xff\xff"):  # invalid UTF-8; not protobuf
+            with pytest.raises(grpc.RpcError) as info:
+                raw(bad, timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid snapd.v1 OpenWorkspace request" in info.value.details()
+        stream = ch.unary_stream(
+            "/snapd.v1.SnapdService/ReadFile",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream(b"\x12\x01\xff", timeout=10))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_unexpected_exception_becomes_internal_without_details(caplog) -> None:
     # The mapper itself, on a real exception that no handler expects (no daemon needed).
     mapper = ErrorMapper("/srv/secret/store")

@@ -36,13 +36,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from snapd_client._proto import snapd_pb2 as pb
-from snapd_client._proto import snapd_pb2_grpc as pb_grpc
 
 from ..errors import FailedPrecondition, PermissionDenied, SnapdError
 from ..store.store import Store
 from .config import ServeConfig
 from .notify import sd_notify, watchdog_interval
-from .service import CallState, Service
+from .service import CallState, Service, generic_handler
 from .workspaces import Registry
 
 log = logging.getLogger("snapd.server")
@@ -188,7 +187,7 @@ class Daemon:
             options=opts,
             maximum_concurrent_rpcs=max(64, cfg.max_workers * 8),
         )
-        pb_grpc.add_SnapdServiceServicer_to_server(self.service, server)
+        server.add_generic_rpc_handlers((generic_handler(self.service),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

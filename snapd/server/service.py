@@ -76,6 +76,48 @@ class CallState:
             return self._cond.wait_for(lambda: self.in_flight == 0, timeout)
 
 
+class BadRequest:
+    """Stands for a request that did not parse, so the handler can answer INVALID_ARGUMENT
+    (grpcio answers a failing deserializer with INTERNAL)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except Exception as e:  # DecodeError, invalid UTF-8 in a string field, ...
+            return BadRequest(type(e).__name__)
+
+    return deserialize
+
+
+def generic_handler(service: Service) -> grpc.GenericRpcHandler:
+    """The service's method handlers, built from the descriptor (what the generated
+    add_SnapdServiceServicer_to_server does, but with requests that fail to parse reaching
+    the handler as BadRequest)."""
+    descriptor = pb.DESCRIPTOR.services_by_name["SnapdService"]
+    handlers = {}
+    for m in descriptor.methods:
+        request = getattr(pb, m.input_type.name)
+        response = getattr(pb, m.output_type.name)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if m.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[m.name] = make(
+            getattr(service, m.name),
+            request_deserializer=_tolerant(request.FromString),
+            response_serializer=response.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+
 class _Call:
     __slots__ = ("method", "t0", "workspace")
 
@@ -158,6 +200,13 @@ class Service(pb_grpc.SnapdServiceServicer):
 
     # --- call bookkeeping ---------------------------------------------------------------------
     def _begin(self, method: str, request, context: grpc.ServicerContext) -> _Call:
+        if isinstance(request, BadRequest):
+            log_call(method, None, "INVALID_ARGUMENT", 0.0)
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid snapd.v1 {method} request ({request.error}); "
+                "strings must be UTF-8",
+            )
         if not self.state.enter():
             log_call(method, None, "UNAVAILABLE", 0.0)
             context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
