@@ -1,13 +1,14 @@
-"""Formatting for people: sizes, times, tables. Imported only when a command runs."""
+"""Formatting for people: sizes, times, tables. Imported only when a command runs; rich
+itself only when a table is drawn (--json runs never draw one)."""
 
 from __future__ import annotations
 
 import stat
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich import box
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.table import Table
 
 # Change kinds as short words and the style they get on a terminal.
 CHANGE_STYLE = {
@@ -63,6 +64,9 @@ def flags(snap: Any) -> str:
 
 def table(*columns: str, title: str | None = None) -> Table:
     """A plain table: header, no borders (easy to read and to grep)."""
+    from rich import box
+    from rich.table import Table
+
     t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for name in columns:
         t.add_column(name, overflow="fold")
@@ -70,6 +74,8 @@ def table(*columns: str, title: str | None = None) -> Table:
 
 
 def key_values(rows: list[tuple[str, Any]], title: str | None = None) -> Table:
+    from rich.table import Table
+
     t = Table(title=title, box=None, show_header=False, pad_edge=False, title_justify="left")
     t.add_column(style="bold", no_wrap=True)
     t.add_column(overflow="fold")
