@@ -170,6 +170,8 @@ class Context:
         ends of table lines, so the output greps and diffs cleanly."""
         console = self.console
         kw.setdefault("markup", False)
+        # Plain lines are never folded at the console width (tables fit themselves).
+        kw.setdefault("soft_wrap", all(isinstance(o, str) for o in objects))
         if console.is_terminal:
             console.print(*objects, **kw)
             return

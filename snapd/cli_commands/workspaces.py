@@ -82,7 +82,8 @@ def cmd_close(ctx: Context) -> int:
     ws = _selected(ctx)
     ctx.client.close_workspace(ws.id)
     if ctx.json:
-        ctx.emit({"workspace": ws, "closed": True})
+        after = next((w for w in ctx.client.workspaces() if w.id == ws.id), ws)
+        ctx.emit({"workspace": after, "closed": True})
     else:
         ctx.out(f"closed workspace {ws.id}: {ws.path} (its snapshots stay)")
     return 0
