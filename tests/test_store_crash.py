@@ -389,12 +389,6 @@ def test_sigkill_loop_loses_no_durable_snapshot(sigkill_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: recovery's recount_refs counts references from reachable objects only, but "
-    "garbage still holds references on its children until GC releases them; the next GC then "
-    "deletes live objects (see test_recount_refs_keeps_objects_that_garbage_also_refers_to)",
-)
 def test_power_loss_loop_loses_no_durable_snapshot(power_loss_run):
     _assert_store_survived(power_loss_run, POWER_LOSS_KILLS)
     fig = power_loss_run["figures"]
@@ -403,23 +397,11 @@ def test_power_loss_loop_loses_no_durable_snapshot(power_loss_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a full scan keeps the index entry of a file deleted while another file was "
-    "created in the same directory (scanner compares entry counts, not names); see "
-    "test_full_scan_forgets_a_deleted_file_when_another_appears",
-)
 def test_sigkill_loop_snapshots_match_the_tree_they_were_taken_of(sigkill_run):
     wrong = sigkill_run["wrong_log"]
     assert not wrong, f"{len(wrong)} wrong snapshots/restores, first: {wrong[:3]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Scanner._scan_dir_entries removes stale entries only when len(seen) != "
-    "len(entries), so one deleted and one new file in a directory leave the deleted one in "
-    "the snapshot (found by the crash loop)",
-)
 def test_full_scan_forgets_a_deleted_file_when_another_appears(tmp_path):
     ws_dir = tmp_path / "ws"
     ws_dir.mkdir()
@@ -506,11 +488,6 @@ def test_power_loss_without_unsynced_data_changes_nothing(tmp_path, monkeypatch)
         assert verify(store).ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: recovery drops objects lost with a truncated pack tail but leaves packs.size "
-    "(and live) as before, so verify reports 'pack ... is truncated' forever",
-)
 def test_power_loss_truncated_pack_tail_recovers_to_a_clean_verify(tmp_path, monkeypatch):
     monkeypatch.setenv("SNAPD_BOOT_ID", "trunc-boot-1")
     store_dir, ws_dir = str(tmp_path / "store"), str(tmp_path / "ws")
@@ -567,12 +544,6 @@ def test_damaged_durable_snapshot_is_reported_not_dropped(tmp_path, monkeypatch)
         ws.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: recount_refs counts references from reachable objects only; garbage trees still "
-    "hold references until GC deletes them and releases them, so after a recount GC deletes "
-    "objects that live snapshots use (recovery runs recount_refs after every power loss)",
-)
 def test_recount_refs_keeps_objects_that_garbage_also_refers_to(tmp_path):
     ws_dir = tmp_path / "ws"
     ws_dir.mkdir()

@@ -163,14 +163,6 @@ def test_store_reopens_after_a_failed_snapshot_on_a_full_disk(small_fs, tmp_path
         assert verify(store).ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="bug: after a failed append PackWriter closes its pack, and the next write opens a new "
-    "one in _open_new, whose ENOSPC (os.open or the header write) escapes as a raw OSError "
-    "instead of ResourceExhausted - so a retried snapshot, or a restore's safety snapshot, on a "
-    "full disk fails with an internal error",
-)
 def test_retry_on_a_full_disk_still_says_no_space(small_fs, tmp_path):
     store_dir = os.path.join(small_fs, "store")
     ws_dir = str(tmp_path / "ws")

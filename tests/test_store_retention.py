@@ -247,16 +247,7 @@ def rebuild_fresh(store: Store, snap_ids: list[str], base: str) -> str:
     ("keep_durable", "extra"),
     [
         (2, 15),
-        pytest.param(
-            0,
-            6,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="spec gap: GC compacts a pack only when less than half of it is live "
-                "(gc.COMPACT_THRESHOLD = 0.5); here ~45% of the pack is dead after eviction and "
-                "stays on disk, ~1.6x a fresh store's usage",
-            ),
-        ),
+        (0, 6),
     ],
 )
 def test_after_gc_disk_usage_is_within_10_percent_of_a_fresh_store(tmp_path, keep_durable, extra):

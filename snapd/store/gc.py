@@ -34,8 +34,10 @@ from .store import Store, _fsync_dir
 log = logging.getLogger("snapd.gc")
 
 DELETE_BATCH = 512
-# Compact a pack when less than this fraction of it is live.
-COMPACT_THRESHOLD = 0.5
+# Compaction keeps dead bytes in packs below this fraction of all pack bytes, rewriting the
+# packs with the most dead bytes first (restic's "max unused" rule): the store stays within a
+# few percent of its live size, and a pack that is mostly live is rarely copied.
+MAX_UNUSED = 0.05
 LOCK_RETRY_SECONDS = 0.05
 
 
@@ -44,7 +46,7 @@ def collect(
     *,
     max_seconds: float | None = None,
     batch_seconds: float = 0.05,
-    compact_threshold: float = COMPACT_THRESHOLD,
+    max_unused: float = MAX_UNUSED,
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """One garbage-collection pass. Returns counters; complete=False if it ran out of time."""
@@ -69,7 +71,7 @@ def collect(
     before = _disk_usage(store)
     done = _delete_garbage(store, stats, deadline, batch_seconds, report)
     if done:
-        done = _compact(store, stats, deadline, compact_threshold, report)
+        done = _compact(store, stats, deadline, max_unused, report)
     if done:
         _remove_orphan_packs(store, stats)
         _vacuum(store)
@@ -172,14 +174,29 @@ def _pack_is_idle(path: str) -> int | None:
     return fd
 
 
-def _compact(store: Store, stats: dict, deadline, threshold: float, report) -> bool:
-    rows = store.query("SELECT id, name, size, live FROM packs ORDER BY live * 1.0 / max(size, 1)")
+def _compaction_candidates(rows: list[tuple], max_unused: float) -> list[tuple[int, str]]:
+    """Packs to rewrite: wholly dead ones, then the deadest until the rest is within budget."""
     header = 16
+    dead = {pid: max(0, size - header - live) for pid, _, size, live in rows}
+    total = sum(size for _, _, size, _ in rows)
+    excess = sum(dead.values()) - max_unused * total
+    picked = []
+    for pid, name, _size, live in sorted(
+        rows, key=lambda r: dead[r[0]] / max(r[2] - header, 1), reverse=True
+    ):
+        if dead[pid] == 0:
+            break
+        if live == 0 or excess > 0:
+            picked.append((pid, name))
+            excess -= dead[pid]
+    return picked
+
+
+def _compact(store: Store, stats: dict, deadline, max_unused: float, report) -> bool:
+    rows = store.query("SELECT id, name, size, live FROM packs")
     idle: list[tuple[int, str, str, int]] = []  # pack id, name, path, flock'ed fd
     try:
-        for pack_id, name, size, live in rows:
-            if size <= header or live >= threshold * (size - header):
-                continue
+        for pack_id, name in _compaction_candidates(rows, max_unused):
             path = os.path.join(store.packs_dir, pack_filename(name))
             store._writer.seal(pack_id)  # our own active pack: start a new one instead
             fd = _pack_is_idle(path)

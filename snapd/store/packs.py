@@ -42,11 +42,17 @@ class PackWriter:
         self._close_locked()
         name = secrets.token_hex(8)
         path = os.path.join(self._dir, pack_filename(name))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            _reraise(e)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             header = PACK_HEADER.pack(PACK_MAGIC, FORMAT_VERSION)
-            _write_all(fd, header)
+            try:
+                _write_all(fd, header)
+            except OSError as e:
+                _reraise(e)
             pack_id = self._register(name, len(header))
         except BaseException:
             os.close(fd)
@@ -70,12 +76,7 @@ class PackWriter:
                 # A short or failed write leaves garbage at the tail; start a fresh pack next time
                 # so offsets stay exact.
                 self._close_locked()
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise ResourceExhausted(
-                        "no space left on the store's file system; free space or run "
-                        "'snapd gc', then retry"
-                    ) from e
-                raise
+                _reraise(e)
             self._size += len(blob)
             self.dirty_packs.add(self._pack_id)
             offsets = []
@@ -103,6 +104,15 @@ class PackWriter:
     @property
     def active_pack(self) -> int:
         return self._pack_id if self._fd is not None else 0
+
+
+def _reraise(e: OSError) -> None:
+    """Re-raise a write error, as ResourceExhausted when the file system is full."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise ResourceExhausted(
+            "no space left on the store's file system; free space or run 'snapd gc', then retry"
+        ) from e
+    raise e
 
 
 def _write_all(fd: int, data: bytes, offset: int | None = None) -> None:

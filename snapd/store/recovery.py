@@ -110,6 +110,22 @@ def _recover(store) -> dict:
                 conn.execute("DELETE FROM ws_index WHERE workspace=?", (ws_id,))
                 result["reset_workspaces"].append(ws_id)
         conn.executemany("DELETE FROM objects WHERE id=?", [(o,) for o in lost])
+        # Packs now end where their file does; live bytes are what the index still references.
+        for pack_id, name in conn.execute("SELECT id, name FROM packs").fetchall():
+            path = os.path.join(store.packs_dir, pack_filename(name))
+            actual = os.path.getsize(path) if os.path.exists(path) else 0
+            end, live = conn.execute(
+                "SELECT coalesce(max(offset + length), 16), coalesce(sum(length), 0) "
+                "FROM objects WHERE pack=?",
+                (pack_id,),
+            ).fetchone()
+            if actual == 0 and live == 0:
+                conn.execute("DELETE FROM packs WHERE id=?", (pack_id,))
+            else:
+                conn.execute(
+                    "UPDATE packs SET size=?, live=?, synced=min(synced, ?) WHERE id=?",
+                    (end, live, actual, pack_id),
+                )
     from .verify import recount_refs  # circular at import time
 
     # This thread already holds the exclusive lock.

@@ -164,57 +164,49 @@ def _walk(store, snap_id, tree_id, path, checked, report, sample) -> None:
 
 
 def recount_refs(store: Store, *, take_lock: bool = True) -> dict:
-    """Recompute every object's reference count from the roots and fix the catalog.
+    """Recompute every object's reference count and fix the catalog.
 
-    Run with the exclusive lock (no concurrent writers). Objects that are referenced but
-    unreadable keep their place; their children cannot be counted and are reported.
+    The invariant GC relies on: an object's count is the number of references it receives from
+    snapshots, workspace heads and every *existing* object (garbage included: an object gives
+    up its references only when GC deletes it). Unreadable objects count none (GC cannot
+    release what it cannot read either). Runs under the exclusive lock.
     """
     counts: dict[bytes, int] = {}
     unreadable: list[str] = []
-    expanded: set[bytes] = set()
-
-    def ref(oid: bytes) -> None:
-        counts[oid] = counts.get(oid, 0) + 1
-        if oid in expanded:
-            return
-        expanded.add(oid)
-        stack = [oid]
-        while stack:
-            cur = stack.pop()
-            info = store.object_info(cur)
-            if info is None:
-                unreadable.append(cur.hex())
-                continue
-            children: list[bytes] = []
-            if info.base is not None:
-                children.append(info.base)
-            if info.kind in (KIND_TREE, KIND_CHUNKLIST):
-                try:
-                    raw = store.read(cur, info.kind)
-                    children += (
-                        list(tree_children(decode_tree(raw)))
-                        if info.kind == KIND_TREE
-                        else [c for c, _ in decode_chunklist(raw)]
-                    )
-                except (DataLoss, ValueError):
-                    unreadable.append(cur.hex())
-            for c in children:
-                counts[c] = counts.get(c, 0) + 1
-                if c not in expanded:
-                    expanded.add(c)
-                    stack.append(c)
-
     lock = store.exclusive(blocking=True) if take_lock else contextlib.nullcontext(True)
     with lock:
         for (root,) in store.query("SELECT root_tree FROM snapshots"):
-            ref(root)
+            counts[root] = counts.get(root, 0) + 1
         for (head,) in store.query("SELECT head_tree FROM workspaces WHERE head_tree IS NOT NULL"):
-            ref(head)
+            counts[head] = counts.get(head, 0) + 1
+        rows = store.query("SELECT id, kind, base FROM objects")
+        for oid, kind, base in rows:
+            children: list[bytes] = [base] if base is not None else []
+            if kind in (KIND_TREE, KIND_CHUNKLIST):
+                try:
+                    raw = store.read(oid, kind)
+                    children += (
+                        list(tree_children(decode_tree(raw)))
+                        if kind == KIND_TREE
+                        else [c for c, _ in decode_chunklist(raw)]
+                    )
+                except (DataLoss, ValueError):
+                    unreadable.append(oid.hex())
+            for c in children:
+                counts[c] = counts.get(c, 0) + 1
         fixed = 0
+        existing = set()
         with store.transaction() as conn:
             for oid, refs in conn.execute("SELECT id, refs FROM objects").fetchall():
+                existing.add(oid)
                 want = counts.get(oid, 0)
                 if refs != want:
                     conn.execute("UPDATE objects SET refs=? WHERE id=?", (want, oid))
                     fixed += 1
-    return {"objects_fixed": fixed, "unreadable": unreadable[:100], "reachable": len(counts)}
+    missing = [o.hex() for o in counts if o not in existing]
+    return {
+        "objects_fixed": fixed,
+        "unreadable": unreadable[:100],
+        "missing_referenced": missing[:100],
+        "objects": len(rows),
+    }
