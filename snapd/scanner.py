@@ -211,6 +211,9 @@ class Scanner:
                 except FileNotFoundError:
                     stats.vanished += 1
                     continue
+                except OSError as e:  # e.g. a directory we may list but not search
+                    self._error(path, e)
+                    continue
                 fmt = st.st_mode & S_IFMT
                 old = entries.get(name)
                 if fmt == stat.S_IFREG:
@@ -559,12 +562,13 @@ class _FdReader:
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
-    return (
-        a.st_size == b.st_size
-        and a.st_mtime_ns == b.st_mtime_ns
-        and a.st_ctime_ns == b.st_ctime_ns
-        and a.st_ino == b.st_ino
-    )
+    """Did the file stay unchanged between two fstats of one open descriptor?"""
+    if a.st_size != b.st_size or a.st_mtime_ns != b.st_mtime_ns or a.st_ino != b.st_ino:
+        return False
+    # Renaming another file over this one (or deleting it) drops its link count to 0, which
+    # moves only its ctime: the bytes read are still a whole version of what was at the path.
+    # Retrying would chase a writer that replaces the file faster than it can be read.
+    return a.st_ctime_ns == b.st_ctime_ns or b.st_nlink == 0
 
 
 def encode_dirty(root: DirNode, sink, upserts: list[tuple[bytes, Node]] | None = None) -> bytes:
