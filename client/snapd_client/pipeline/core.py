@@ -249,6 +249,8 @@ class _Run:
                             events=self.log.events,
                         ) from None
                     self.restarts += 1
+                    for stale in sorted(self.pinned - {self.start_id}):
+                        await self._unpin(stale)  # the failed attempt's checkpoints
                     await self._restore(self.start_id)
                     self.last_good = self.start_id
                     self.plan_version += 1
@@ -256,9 +258,13 @@ class _Run:
                     steps = None
         except asyncio.CancelledError:
             await self._stop_children()
+            problem = None
             if self.p.restore_on_cancel and self.last_good and self.ws is not None:
-                await self._restore(self.last_good)
-            self.log.emit("cancelled", snapshot=self.last_good or None)
+                try:
+                    await self._restore(self.last_good)
+                except Exception as e:  # the cancellation is what the caller must see
+                    problem = f"could not restore {self.last_good}: {_describe(e)}"
+            self.log.emit("cancelled", snapshot=self.last_good or None, reason=problem)
             raise
         finally:
             await self._stop_children()
