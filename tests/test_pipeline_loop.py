@@ -258,7 +258,7 @@ def test_failure_at_every_position_ends_in_the_clean_tree(
 @pytest.mark.parametrize("next_step", ["done", "cancel", "finish"])
 @pytest.mark.parametrize("position", range(4))
 def test_overlapped_failure_rolls_back_the_next_step_and_runs_it_again(
-    daemon, tmp_path, position, next_step
+    daemon, client, tmp_path, position, next_step
 ) -> None:
     expected = reference(tmp_path, 5)
     ws = new_workspace(tmp_path)
@@ -285,6 +285,7 @@ def test_overlapped_failure_rolls_back_the_next_step_and_runs_it_again(
     else:
         assert script.cancelled == []
     assert (k, 1, True) in script.verifications
+    assert pinned(client, ws) == []  # nor the abandoned step's checkpoint
 
 
 def test_failures_everywhere_and_a_second_failed_retry(daemon, tmp_path) -> None:
