@@ -10,10 +10,10 @@ compared with its manifest.
 
 - sigkill_run: KILLS process crashes, nothing else.
 - power_loss_run: POWER_LOSS_KILLS crashes, and every POWER_LOSS_EVERY kills a power loss: the
-  bytes of each pack beyond its `synced` length are zeroed (what the disk may hold for data that
-  was written but never fsynced) and the store is reopened in a new boot (SNAPD_BOOT_ID), so
-  recovery runs; it may drop only non-durable snapshots, and every durable one must restore
-  exactly.
+  bytes of each pack beyond its `synced` length (written, never fsynced) are lost - zeroed,
+  truncated, or with a never-synced pack the whole file gone, in turn (lose_unsynced_tails) -
+  and the store is reopened in a new boot (SNAPD_BOOT_ID), so recovery runs; it may drop only
+  non-durable snapshots, verify must pass, and every durable one must restore exactly.
 
 Snapshots the child found wrong when it took them (a change-detection bug, not the store's;
 logged in wrong.jsonl) are left out of the store's figures and fail their own test.
@@ -121,25 +121,39 @@ class Zygote:
         self.err.close()
 
 
-def zero_unsynced_tails(store_dir: str) -> int:
-    """Simulate a power loss: every pack byte beyond its synced length reads back as zeros.
-    Returns how many bytes were zeroed."""
+POWER_LOSS_MODES = ("zero", "truncate", "drop")
+
+
+def lose_unsynced_tails(store_dir: str, mode: str = "zero") -> tuple[int, int]:
+    """Simulate a power loss: the pack bytes beyond each pack's synced length are lost.
+
+    zero: they read back as zeros (the file size reached the disk, the data did not);
+    truncate: the file ends at its synced length (neither did);
+    drop: like truncate, and a pack never synced at all is gone (its directory entry was lost).
+    Returns (bytes lost, pack files removed)."""
     with Store.open(store_dir) as store:
         packs = store.query("SELECT name, synced FROM packs")
         packs_dir = store.packs_dir
-    zeroed = 0
+    lost = dropped = 0
     for name, synced in packs:
         path = os.path.join(packs_dir, f"{name}.pack")
         try:
             size = os.path.getsize(path)
         except FileNotFoundError:
             continue
-        if size > synced:
+        if size <= synced:
+            continue
+        lost += size - synced
+        if mode == "zero":
             with open(path, "r+b") as f:
                 f.seek(synced)
                 f.write(b"\0" * (size - synced))
-            zeroed += size - synced
-    return zeroed
+        elif mode == "drop" and synced <= 16:  # nothing but (at most) the header was synced
+            os.unlink(path)
+            dropped += 1
+        else:
+            os.truncate(path, synced)
+    return lost, dropped
 
 
 def unsynced_bytes(store_dir: str) -> int:
@@ -212,7 +226,10 @@ def _power_loss(store_dir: str, boot: int, log_dir: str, scratch: str, figures: 
     """Zero the unsynced pack tails, reopen in boot `boot`, check what recovery did."""
     with Store.open(store_dir) as store:
         durable_before = {s.id for s in store.list_snapshots() if s.durable}
-    figures["power_loss_zeroed_bytes"] += zero_unsynced_tails(store_dir)
+    mode = POWER_LOSS_MODES[figures["power_losses"] % len(POWER_LOSS_MODES)]
+    lost, dropped = lose_unsynced_tails(store_dir, mode)
+    figures["power_loss_lost_bytes"] += lost
+    figures["power_loss_packs_removed"] += dropped
     os.environ["SNAPD_BOOT_ID"] = f"crashloop-boot-{boot}"
     durable = _durable(log_dir)
     with Store.open(store_dir) as store:
@@ -254,7 +271,8 @@ def run_crash_loop(base, *, kills: int, seed: int, power_loss_every: int | None)
             "verify_runs",
             "snapshots_verified_after_kills",
             "power_losses",
-            "power_loss_zeroed_bytes",
+            "power_loss_lost_bytes",
+            "power_loss_packs_removed",
             "recovery_lost_objects",
             "recovery_dropped_snapshots",
             "durable_restored_after_power_loss",
@@ -422,7 +440,8 @@ def _edit(ws_dir: str, name: str, size: int = 6000) -> None:
     treeutil.write(ws_dir, name, os.urandom(size))
 
 
-def test_power_loss_drops_only_non_durable_snapshots(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", POWER_LOSS_MODES)
+def test_power_loss_drops_only_non_durable_snapshots(tmp_path, monkeypatch, mode):
     monkeypatch.setenv("SNAPD_BOOT_ID", "power-boot-1")
     store_dir, ws_dir = str(tmp_path / "store"), str(tmp_path / "ws")
     os.mkdir(ws_dir)
@@ -441,6 +460,12 @@ def test_power_loss_drops_only_non_durable_snapshots(tmp_path, monkeypatch):
         d2 = ws.snapshot(label="d2", durable=True)  # durable in one step
         manifests[d2.id] = child_mod.manifest_of(ws_dir)
         _edit(ws_dir, "a/three.bin")
+        n0 = ws.snapshot(label="n0")  # not durable, in the synced pack's tail
+        ws.close()
+    # A new process writes to a pack of its own, which is never synced.
+    with Store.open(store_dir) as store:
+        ws = Workspace.open(store, ws_dir, settings)
+        _edit(ws_dir, "a/three.bin")
         with open(os.path.join(ws_dir, "big.bin"), "ab") as f:
             f.write(os.urandom(200_000))
         n1 = ws.snapshot(label="n1")
@@ -448,12 +473,13 @@ def test_power_loss_drops_only_non_durable_snapshots(tmp_path, monkeypatch):
         n2 = ws.snapshot(label="n2")
         ws.close()
     assert unsynced_bytes(store_dir) > 0
-    zero_unsynced_tails(store_dir)
+    _, removed = lose_unsynced_tails(store_dir, mode)
+    assert removed == (1 if mode == "drop" else 0)
     monkeypatch.setenv("SNAPD_BOOT_ID", "power-boot-2")
     with Store.open(store_dir) as store:
         rec = store.last_recovery
         assert rec is not None and rec["lost_objects"] > 0
-        assert set(rec["dropped_snapshots"]) == {n1.id, n2.id}
+        assert set(rec["dropped_snapshots"]) == {n0.id, n1.id, n2.id}
         assert {s.id for s in store.list_snapshots()} == {d1.id, d2.id}
         assert verify(store).ok
         assert not fork_and_compare(store, manifests, str(scratch))
