@@ -15,6 +15,7 @@ what the index knows and kept, and reported as a conflict if the target needs it
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -441,9 +442,10 @@ class Applier:
                 os.chmod(fd, t.mode)
                 os.utime(fd, ns=(t.mtime_ns, t.mtime_ns))
                 st = os.fstat(fd)
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                st = _after_rename(st, os.fstat(fd))
             finally:
                 os.close(fd)
-            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException:
             try:
                 os.unlink(tmp, dir_fd=dfd)
@@ -463,6 +465,8 @@ class Applier:
             os.utime(tmp, ns=(t.mtime_ns, t.mtime_ns), dir_fd=dfd, follow_symlinks=False)
             st = os.stat(tmp, dir_fd=dfd, follow_symlinks=False)
             os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            with contextlib.suppress(OSError):
+                st = _after_rename(st, os.stat(name, dir_fd=dfd, follow_symlinks=False))
         except BaseException:
             try:
                 os.unlink(tmp, dir_fd=dfd)
@@ -508,3 +512,21 @@ class Applier:
         return FileNode(
             t.kind, t.mode, t.size, t.mtime_ns, t.ref, st.st_ctime_ns, st.st_ino, racy=c.racy
         )
+
+
+def _after_rename(before: os.stat_result, after: os.stat_result) -> os.stat_result:
+    """The stat data to record for an entry just renamed into place.
+
+    rename() moves the entry's ctime, so the stat taken before it would make the next scan read
+    every restored file again. Take the later one when only the ctime differs; anything else
+    means another process touched the entry in between, and the earlier stat (which will not
+    match) makes the next scan look at it.
+    """
+    if (
+        after.st_ino == before.st_ino
+        and after.st_size == before.st_size
+        and after.st_mtime_ns == before.st_mtime_ns
+        and after.st_mode == before.st_mode
+    ):
+        return after
+    return before

@@ -1,0 +1,205 @@
+"""Restore: exactness, partial restores, dry runs, undo through the safety snapshot, errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from treeutil import assert_same, capture, read, subset, without, write
+
+from snapd.errors import SnapdError
+from snapd.restore import Change
+
+OLD = 1_234_567_890_123_456_789
+
+
+def build(root: str) -> None:
+    write(root, "a.txt", "a1\n", mode=0o644)
+    write(root, "b.txt", "b1\n", mode=0o600, mtime_ns=OLD)
+    write(root, "dir/c.txt", "c1\n")
+    write(root, "dir/d.sh", "#!/bin/sh\n", mode=0o755)
+    write(root, "dir/sub/e.txt", "e1\n")
+    os.mkdir(os.path.join(root, "empty"))
+    os.chmod(os.path.join(root, "empty"), 0o700)
+    os.symlink("dir/c.txt", os.path.join(root, "link"))
+    os.symlink("/nonexistent/target", os.path.join(root, "dangling"))
+    os.utime(os.path.join(root, "dir/sub"), ns=(OLD, OLD))
+
+
+def change_everything(root: str) -> None:
+    write(root, "a.txt", "a2 longer\n")
+    os.chmod(os.path.join(root, "b.txt"), 0o644)
+    os.unlink(os.path.join(root, "dir/c.txt"))
+    write(root, "dir/new.txt", "new\n")
+    os.rename(os.path.join(root, "dir/sub"), os.path.join(root, "moved"))
+    os.rmdir(os.path.join(root, "empty"))
+    write(root, "empty", "now a file\n")
+    os.unlink(os.path.join(root, "link"))
+    os.mkdir(os.path.join(root, "link"))
+    os.utime(os.path.join(root, "dangling"), ns=(OLD, OLD), follow_symlinks=False)
+
+
+def test_restore_is_exact_and_reports_its_changes(ws, ws_dir) -> None:
+    build(ws_dir)
+    snap = ws.snapshot()
+    expected = capture(ws_dir)
+    change_everything(ws_dir)
+
+    res = ws.restore(snap.id)
+
+    assert_same(capture(ws_dir), expected, "restored workspace")
+    assert res.snapshot_id == snap.id
+    assert sorted((c.path, c.change, c.kind, c.old_size, c.new_size) for c in res.changes) == [
+        ("a.txt", "modified", "file", 10, 3),
+        ("b.txt", "metadata", "file", 3, 3),
+        ("dangling", "metadata", "symlink", 19, 19),
+        ("dir", "metadata", "dir", 0, 0),  # its mtime
+        ("dir/c.txt", "added", "file", 0, 3),
+        ("dir/new.txt", "deleted", "file", 4, 0),
+        ("dir/sub", "added", "dir", 0, 0),
+        ("dir/sub/e.txt", "added", "file", 0, 3),
+        ("empty", "type_changed", "dir", 11, 0),
+        ("link", "type_changed", "symlink", 0, 9),
+        ("moved", "deleted", "dir", 0, 0),  # with what was inside
+    ]
+    assert res.stats.conflicts == []
+    # Nothing left to do: the index agrees with the snapshot.
+    again = ws.restore(snap.id)
+    assert again.changes == [] and again.stats.files_written == 0
+
+
+def test_every_restore_can_be_undone(ws, ws_dir) -> None:
+    build(ws_dir)
+    snap = ws.snapshot()
+    change_everything(ws_dir)
+    before = capture(ws_dir)
+    res = ws.restore(snap.id)
+    safety = ws.get_snapshot(res.safety_snapshot_id)
+    assert safety.origin == "safety"
+    assert safety.metadata == {"restore_target": snap.id}
+    ws.restore(safety.id)
+    assert_same(capture(ws_dir), before, "after undoing the restore")
+
+
+def test_no_second_safety_snapshot_when_nothing_changed(ws, ws_dir) -> None:
+    build(ws_dir)
+    first = ws.snapshot()
+    write(ws_dir, "a.txt", "a2\n")
+    latest = ws.snapshot()
+    res = ws.restore(first.id)
+    assert res.safety_snapshot_id == latest.id  # the current state is already recorded
+    count = len(ws.snapshots())
+    res2 = ws.restore(latest.id)
+    assert res2.safety_snapshot_id != latest.id  # the state after the first restore is new
+    assert len(ws.snapshots()) == count + 1
+    assert read(ws_dir, "a.txt") == b"a2\n"
+
+
+def test_dry_run_reports_and_changes_nothing(ws, ws_dir) -> None:
+    build(ws_dir)
+    snap = ws.snapshot()
+    change_everything(ws_dir)
+    before = capture(ws_dir)
+    n_snaps = len(ws.snapshots())
+
+    dry = ws.restore(snap.id, dry_run=True)
+
+    assert dry.dry_run and dry.safety_snapshot_id is None
+    assert_same(capture(ws_dir), before, "after a dry run")
+    assert len(ws.snapshots()) == n_snaps
+    real = ws.restore(snap.id)
+    assert sorted(dry.changes, key=_key) == sorted(real.changes, key=_key)
+    assert dry.stats.files_written == 0 and real.stats.files_written > 0
+
+
+def _key(c: Change) -> tuple:
+    return (c.path, c.change, c.kind, c.old_size, c.new_size)
+
+
+def test_partial_restore_touches_only_the_listed_paths(ws, ws_dir) -> None:
+    build(ws_dir)
+    snap = ws.snapshot()
+    expected = capture(ws_dir)
+    change_everything(ws_dir)
+    write(ws_dir, "only-now.txt", "new\n")
+    current = capture(ws_dir)
+    listed = ["a.txt", "dir/sub", "dir/c.txt", "only-now.txt", "link"]
+
+    res = ws.restore(snap.id, paths=listed)
+
+    now = capture(ws_dir)
+    keys = [p.encode() for p in listed]
+    assert_same(subset(now, keys), subset(expected, keys), "listed paths")
+    # Everything else is as it was before the restore (directory mtimes aside: restoring
+    # entries inside dir/ and the root changes them, and the restore puts them back).
+    assert_same(without(now, keys), without(current, keys), "paths not listed")
+    assert {c.path for c in res.changes} >= {"a.txt", "dir/sub", "dir/c.txt", "only-now.txt"}
+
+
+def test_partial_restore_creates_missing_parents_with_snapshot_metadata(ws, ws_dir) -> None:
+    build(ws_dir)
+    snap = ws.snapshot()
+    expected = capture(ws_dir)
+    shutil.rmtree(os.path.join(ws_dir, "dir"))
+    ws.restore(snap.id, paths=["dir/sub/e.txt"])
+    now = capture(ws_dir)
+    assert now[b"dir/sub/e.txt"] == expected[b"dir/sub/e.txt"]
+    assert now[b"dir/sub"].mode == expected[b"dir/sub"].mode
+    assert now[b"dir/sub"].mtime_ns == expected[b"dir/sub"].mtime_ns
+    assert b"dir/c.txt" not in now  # only the listed path
+
+
+@pytest.mark.parametrize(
+    "paths", [["/etc/passwd"], ["../outside"], ["a/../../x"], [""], ["ok", "\x00"]]
+)
+def test_partial_restore_rejects_paths_outside(ws, ws_dir, paths) -> None:
+    write(ws_dir, "a.txt", "a")
+    snap = ws.snapshot()
+    with pytest.raises(SnapdError) as err:
+        ws.restore(snap.id, paths=paths)
+    assert err.value.code == "INVALID_ARGUMENT"
+
+
+def test_restore_errors(ws, ws_dir, open_ws, tmp_path) -> None:
+    write(ws_dir, "a.txt", "a")
+    ws.snapshot()
+    with pytest.raises(SnapdError) as err:
+        ws.restore("0123456789ab")
+    assert err.value.code == "NOT_FOUND"
+    with pytest.raises(SnapdError) as err:
+        ws.restore("not hex!")
+    assert err.value.code == "INVALID_ARGUMENT"
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other = open_ws(str(other_dir), watch=False)
+    theirs = other.snapshot()
+    with pytest.raises(SnapdError) as err:
+        ws.restore(theirs.id)
+    assert err.value.code == "FAILED_PRECONDITION"
+    assert "fork" in str(err.value)
+
+
+def test_restore_by_unique_prefix(ws, ws_dir) -> None:
+    write(ws_dir, "a.txt", "1")
+    snap = ws.snapshot()
+    write(ws_dir, "a.txt", "2")
+    ws.snapshot()
+    ws.restore(snap.id[:8])
+    assert read(ws_dir, "a.txt") == b"1"
+
+
+def test_snapshot_after_a_restore_reads_nothing_again(ws, ws_dir) -> None:
+    """The restore records the stat data of what it wrote (after the rename into place, which
+    moves ctime), so the next snapshot trusts the restored files instead of reading them."""
+    if not ws.fine_timestamps:
+        pytest.skip("coarse timestamps: freshly written files are re-read by design")
+    build(ws_dir)
+    snap = ws.snapshot()
+    change_everything(ws_dir)
+    ws.snapshot()
+    res = ws.restore(snap.id)
+    assert res.stats.files_written > 0
+    after = ws.snapshot()
+    assert after.stats["read_files"] == 0, after.stats
+    assert after.root_tree == snap.root_tree
