@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import pstats
+import resource
 import shutil
 import statistics
 import subprocess
@@ -75,6 +76,12 @@ class SideResult:
     step_s: list[float] = field(default_factory=list)  # snapshots of steps 1..n-1
     undo_s: list[float] = field(default_factory=list)  # restore step i -> i-1
     redo_s: list[float] = field(default_factory=list)  # restore step i-1 -> i
+    # CPU seconds (all threads, plus child processes for git) of the same operations: far
+    # less disturbed than wall time when other work shares the machine.
+    first_cpu_s: float = 0.0
+    step_cpu_s: list[float] = field(default_factory=list)
+    undo_cpu_s: list[float] = field(default_factory=list)
+    redo_cpu_s: list[float] = field(default_factory=list)
     size_bytes: int = 0
     size_before_gc: int | None = None
     extra: dict = field(default_factory=dict)
@@ -117,23 +124,33 @@ def median(values: list[float]) -> float:
 
 # --- the run --------------------------------------------------------------------------------------
 class _Profiles:
-    """Optional cProfile collectors around our engine's per-step snapshots and undo restores."""
+    """Optional cProfile of each of our per-step snapshots and undo restores."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.snapshot = cProfile.Profile() if enabled else None
-        self.restore = cProfile.Profile() if enabled else None
+    def __init__(self, enabled: bool, timer: str = "wall") -> None:
+        self.enabled = enabled
+        self.timer = time.process_time if timer == "cpu" else time.perf_counter
+        self.taken: list[tuple[str, int, cProfile.Profile]] = []
 
-    @staticmethod
-    def call(prof: cProfile.Profile | None, fn: Callable, *args, **kw):
-        if prof is None:
+    def call(self, kind: str, step: int, fn: Callable, *args, **kw):
+        if not self.enabled or step == 0:
             return fn(*args, **kw)
+        prof = cProfile.Profile(self.timer)
+        self.taken.append((kind, step, prof))
         return prof.runcall(fn, *args, **kw)
 
 
-def _timed(fn: Callable, *args, **kw) -> tuple[float, object]:
+def _cpu_now() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # finished git processes
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _timed(fn: Callable, *args, **kw) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds, result) of one call."""
+    c0 = _cpu_now()
     t0 = time.perf_counter()
     out = fn(*args, **kw)
-    return time.perf_counter() - t0, out
+    wall = time.perf_counter() - t0
+    return wall, _cpu_now() - c0, out
 
 
 def _check(problems: list[str], what: str) -> None:
@@ -149,6 +166,7 @@ def run(
     keep: bool = False,
     baseline: bool = True,
     profile_dir: str | Path | None = None,
+    profile_timer: str = "wall",
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
 ) -> BenchResult:
     """Run the whole benchmark once; raises VerificationError if any restore is wrong."""
@@ -163,7 +181,7 @@ def run(
     git_ws, git_dir = base / "git-workspace", base / "git-dir"
     ours_ws.mkdir()
     git_ws.mkdir()
-    profiles = _Profiles(profile_dir is not None)
+    profiles = _Profiles(profile_dir is not None, profile_timer)
     ours = SideResult("snapd")
     git = SideResult("shadow git") if baseline else None
     records: list[StepRecord] = []
@@ -179,7 +197,7 @@ def run(
         ours.extra["fine_timestamps"] = ws.fine_timestamps
         shadow = ShadowGit(git_dir, git_ws)
         if git is not None:
-            git.setup_s, _ = _timed(shadow.init)
+            git.setup_s, _, _ = _timed(shadow.init)
         try:
             for i, step in enumerate(plan):
                 log(f"step {i}: {step.label}")
@@ -200,50 +218,47 @@ def run(
                 rec = StepRecord(step.label, applied.touched)
                 records.append(rec)
 
-                prof = profiles.snapshot if i > 0 else None
-                dt, snap = _timed(_Profiles.call, prof, ws.snapshot, label=step.label)
+                dt, cpu, snap = _timed(profiles.call, "snapshot", i, ws.snapshot, label=step.label)
                 snap_ids.append(snap.id)
                 rec.ours_read_files = snap.stats.get("read_files")
-                if i == 0:
-                    ours.first_s = dt
-                else:
-                    ours.step_s.append(dt)
+                _record_snapshot(ours, i, dt, cpu)
                 if git is not None:
-                    dt, _ = _timed(shadow.snapshot, step.label)
+                    dt, cpu, _ = _timed(shadow.snapshot, step.label)
                     commits.append(shadow.head())
-                    if i == 0:
-                        git.first_s = dt
-                    else:
-                        git.step_s.append(dt)
+                    _record_snapshot(git, i, dt, cpu)
                 if i == 0:
                     continue
 
                 # Undo: back to the previous step, then check the whole tree.
-                dt, res = _timed(_Profiles.call, profiles.restore, ws.restore, snap_ids[i - 1])
+                dt, cpu, res = _timed(profiles.call, "restore", i, ws.restore, snap_ids[i - 1])
                 ours.undo_s.append(dt)
+                ours.undo_cpu_s.append(cpu)
                 rec.ours_restore_files_written = res.stats.files_written
                 _check(
                     compare_manifests(manifests[i - 1], tree_manifest(ours_ws), mtimes=True),
                     f"snapd restore to {snap_ids[i - 1]} ({plan[i - 1].label}) is wrong",
                 )
                 # Redo: forward again, so step i+1 applies to the state step i left.
-                dt, _ = _timed(ws.restore, snap_ids[i])
+                dt, cpu, _ = _timed(ws.restore, snap_ids[i])
                 ours.redo_s.append(dt)
+                ours.redo_cpu_s.append(cpu)
                 _check(
                     compare_manifests(manifests[i], tree_manifest(ours_ws), mtimes=True),
                     f"snapd restore to {snap_ids[i]} ({step.label}) is wrong",
                 )
                 if git is not None:
-                    dt, _ = _timed(shadow.restore, commits[i - 1])
+                    dt, cpu, _ = _timed(shadow.restore, commits[i - 1])
                     git.undo_s.append(dt)
+                    git.undo_cpu_s.append(cpu)
                     _check(
                         compare_manifests(
                             manifests[i - 1], tree_manifest(git_ws), modes="exec", dirs=False
                         ),
                         f"git restore to {plan[i - 1].label} is wrong",
                     )
-                    dt, _ = _timed(shadow.restore, commits[i])
+                    dt, cpu, _ = _timed(shadow.restore, commits[i])
                     git.redo_s.append(dt)
+                    git.redo_cpu_s.append(cpu)
                     _check(
                         compare_manifests(
                             manifests[i], tree_manifest(git_ws), modes="exec", dirs=False
@@ -263,7 +278,7 @@ def run(
         ours.size_bytes = dir_size(store_dir)
         if git is not None:
             git.size_before_gc = shadow.size_bytes()
-            git.extra["gc_s"], _ = _timed(shadow.gc)
+            git.extra["gc_s"], _, _ = _timed(shadow.gc)
             git.size_bytes = shadow.size_bytes()
             git.extra["version"] = shadow.version()
         if profile_dir is not None:
@@ -282,14 +297,27 @@ def run(
     )
 
 
+def _record_snapshot(side: SideResult, step: int, wall: float, cpu: float) -> None:
+    if step == 0:
+        side.first_s, side.first_cpu_s = wall, cpu
+    else:
+        side.step_s.append(wall)
+        side.step_cpu_s.append(cpu)
+
+
 def _dump_profiles(profiles: _Profiles, out: Path, log: Callable[[str], None]) -> None:
+    """One .prof per operation (snapshot-step05.prof, ...) and one per kind over all steps."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, prof in (("snapshot", profiles.snapshot), ("restore", profiles.restore)):
-        if prof is None:
-            continue
-        path = out / f"{name}.prof"
-        prof.dump_stats(str(path))
-        log(f"profile of our per-step {name}s: {path}")
+    for kind in ("snapshot", "restore"):
+        files = []
+        for k, step, prof in profiles.taken:
+            if k == kind:
+                path = out / f"{kind}-step{step:02d}.prof"
+                prof.dump_stats(str(path))
+                files.append(str(path))
+        if files:
+            pstats.Stats(*files).dump_stats(str(out / f"{kind}.prof"))
+            log(f"profiles of our per-step {kind}s: {out}/{kind}.prof (all), {kind}-stepNN.prof")
 
 
 def _cpu_pressure() -> float | None:
@@ -335,6 +363,8 @@ def _summary(ours: SideResult, git: SideResult | None) -> list[dict]:
         ("undo_median", "restore previous step, median", "ms", pair(lambda s: median(s.undo_s))),
         ("undo_p95", "restore previous step, p95", "ms", pair(lambda s: p95(s.undo_s))),
         ("redo_median", "restore forward again, median", "ms", pair(lambda s: median(s.redo_s))),
+        ("step_cpu", "snapshot per step, CPU median", "ms", pair(lambda s: median(s.step_cpu_s))),
+        ("undo_cpu", "restore previous, CPU median", "ms", pair(lambda s: median(s.undo_cpu_s))),
         ("store_size", "store size", "MB", pair(lambda s: s.size_bytes)),
     ]
     out = []
@@ -379,7 +409,7 @@ def _table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
             c.rjust(w) if i in right else c.ljust(w)
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ]
-        return "| " + " | ".join(parts) + " |"  # fmt: skip
+        return "| " + " | ".join(parts) + " |"
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
@@ -518,6 +548,13 @@ def main(argv: list[str] | None = None) -> int:
         help="cProfile our per-step snapshots and undo restores into DIR (inflates their times)",
     )
     ap.add_argument("--profile-top", type=int, default=25)
+    ap.add_argument(
+        "--profile-timer",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: attribute CPU time (process-wide) instead of wall time; steadier when the "
+        "machine is busy",
+    )
     args = ap.parse_args(argv)
 
     if args.workload == "django":
@@ -534,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             keep=args.keep,
             baseline=not args.no_git,
             profile_dir=args.profile,
+            profile_timer=args.profile_timer,
         )
     except VerificationError as e:
         print(f"VERIFICATION FAILED: {e}", file=sys.stderr)
