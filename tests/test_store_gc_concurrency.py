@@ -147,8 +147,18 @@ def test_snapshots_and_gc_race_without_losing_objects(tmp_path, monkeypatch):
         t.start()
     r_gc = random.Random(3)
     deadline = time.monotonic() + RUN_SECONDS
+    # Run on (up to 3x as long) until a pack was compacted while snapshots were running: on a
+    # busy machine GC gets the exclusive lock less often.
+    hard_deadline = time.monotonic() + 3 * RUN_SECONDS
+
+    def keep_running() -> bool:
+        now = time.monotonic()
+        with lock:
+            compacted = gc_totals["packs_compacted"]
+        return not errors and (now < deadline or (not compacted and now < hard_deadline))
+
     try:
-        while time.monotonic() < deadline and not errors:
+        while keep_running():
             gc.collect(store, max_seconds=r_gc.choice([0.2, 2.0]))  # short and long passes
             background.poke()
     finally:
