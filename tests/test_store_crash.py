@@ -93,7 +93,10 @@ class Zygote:
 
     def kill(self, pid: int) -> bool:
         """SIGKILL the child; returns whether it had opened the store ('ready')."""
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it already ended by itself: its exit line below says how
         ready = False
         while True:
             parts = self._line()
