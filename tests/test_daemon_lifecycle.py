@@ -3,8 +3,10 @@ SIGTERM during a snapshot, kill -9 and restart, configuration, TCP with mutual T
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import platform
 import random
 import shutil
 import signal
@@ -123,6 +125,24 @@ def test_systemd_notify_ready_watchdog_stopping(root) -> None:
         assert "STOPPING=1" in d.messages
     finally:
         d.close()
+
+
+TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
+
+
+@pytest.mark.skipif(TGKILL is None, reason="tgkill syscall number unknown on this machine")
+def test_sigterm_delivered_to_a_grpc_thread_still_stops_the_daemon(root) -> None:
+    # The kernel may deliver a process-directed signal to any thread. Python runs the handler
+    # only on the main thread, so the main thread must not sleep in an untimed wait.
+    store, sock = paths(root)
+    with DaemonProcess(store, sock) as d:
+        d.client().ping()
+        tids = [int(t) for t in os.listdir(f"/proc/{d.pid}/task") if int(t) != d.pid]
+        assert tids
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(TGKILL, d.pid, tids[-1], signal.SIGTERM) == 0
+        assert d.proc.wait(30) == 0
+        assert "received SIGTERM" in d.log()
 
 
 def test_sigterm_during_snapshot_finishes_it_and_refuses_new_calls(root, tmp_path) -> None:

@@ -51,6 +51,7 @@ STORE_DAEMON_LOCK = "daemon.lock"
 # After the grace period grpc cancels the calls, but their threads may still be inside the
 # engine; wait this much longer for them before closing the store under them.
 HARD_STOP_EXTRA_SECONDS = 30.0
+SIGNAL_POLL_SECONDS = 0.2
 
 
 class StartupError(Exception):
@@ -275,10 +276,16 @@ class Daemon:
         interval = watchdog_interval()
         if interval:
             log.info("systemd watchdog: pinging every %.3f s after a self-check", interval)
+        # Wake up often even without a watchdog: a signal may be delivered to one of gRPC's
+        # threads, and Python runs its handler only when the main thread executes bytecode,
+        # which an untimed wait would never do.
+        tick = min(interval, SIGNAL_POLL_SECONDS) if interval else SIGNAL_POLL_SECONDS
+        next_ping = time.monotonic()
         last_problem = None
-        while not self.stop_requested.wait(interval):
-            if not interval:
+        while not self.stop_requested.wait(tick):
+            if not interval or time.monotonic() < next_ping:
                 continue
+            next_ping = time.monotonic() + interval
             problem = self.self_check()
             if problem != last_problem:  # log changes only, not every interval
                 if problem:
