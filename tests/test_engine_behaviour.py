@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 
@@ -11,6 +12,9 @@ from treeutil import assert_same, capture, read, write
 
 from snapd import browse
 from snapd.errors import SnapdError
+from snapd.scanner import CHUNK_THRESHOLD
+from snapd.store import gc
+from snapd.store.verify import recount_refs, verify
 from snapd.workspace import fork
 
 GIT = shutil.which("git")
@@ -180,3 +184,39 @@ def test_snapshot_of_a_workspace_that_is_not_a_directory(store, tmp_path) -> Non
         with pytest.raises(SnapdError) as err:
             Workspace.open(store, path, WorkspaceSettings(watch=False))
         assert err.value.code == code, path
+
+
+def test_eviction_then_gc_keeps_every_remaining_snapshot_exact(open_ws, ws_dir, store) -> None:
+    """Snapshots the retention window drops are collected; the others still restore exactly,
+    the reference counts stay exact, and content that only dropped snapshots held is stored
+    anew when it comes back."""
+    ws = open_ws(ws_dir, keep_last=3, keep_durable=1, watch=False)
+    rng = random.Random(7)
+    taken: dict[str, dict] = {}
+    for i in range(10):
+        write(ws_dir, f"f{i % 4}.txt", f"version {i}\n" * (i + 1))
+        write(ws_dir, f"d{i % 3}/big.bin", rng.randbytes(CHUNK_THRESHOLD + 1000 * i))
+        if i == 6:
+            shutil.rmtree(os.path.join(ws_dir, "d0"))
+        before = capture(ws_dir)
+        rec = ws.snapshot(durable=i == 2)
+        taken[rec.id] = before
+        if i == 7:
+            res = ws.restore(list(taken)[5])
+            taken[res.safety_snapshot_id] = before
+    alive = [s.id for s in ws.snapshots()]
+    assert len(alive) == 4  # the newest 3 plus the newest durable one
+
+    stats = gc.collect(store)
+    assert stats["complete"] and stats["deleted_objects"] > 0, stats
+    assert verify(store).ok
+    assert recount_refs(store)["objects_fixed"] == 0
+    for snap_id in alive:
+        ws.restore(snap_id)
+        assert_same(capture(ws_dir), taken[snap_id], f"snapshot {snap_id} after gc")
+
+    write(ws_dir, "f0.txt", "version 0\n")  # only the evicted first snapshot had this
+    rec = ws.snapshot()
+    _, pieces = browse.read_file(store, rec.root_tree, "f0.txt")
+    assert b"".join(pieces) == b"version 0\n"
+    assert verify(store).ok

@@ -24,6 +24,7 @@ from treeutil import Capture, assert_same, capture, describe_diff, subset, witho
 
 from snapd.scanner import CHUNK_THRESHOLD
 from snapd.store.store import Store
+from snapd.store.verify import recount_refs, verify
 from snapd.workspace import Hints, Workspace, WorkspaceSettings, fork
 
 NAMES = [
@@ -504,5 +505,13 @@ def _round_trip(data, base: str) -> None:
             assert_same(capture(os.path.join(base, "fork")), taken[k][1], "fork")
         finally:
             fork_ws.close()
+
+        # The store's reference counts are exact (recounting changes nothing) and every object
+        # a snapshot refers to is there and intact.
+        recount = recount_refs(s.store)
+        assert recount["objects_fixed"] == 0, recount
+        assert recount["missing_referenced"] == [] and recount["unreadable"] == [], recount
+        report = verify(s.store)
+        assert report.ok, report.problems[:5]
     finally:
         s.close()
