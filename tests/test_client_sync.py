@@ -69,7 +69,7 @@ def test_retry_policy_covers_only_idempotent_calls() -> None:
 def test_idempotent_call_waits_for_a_starting_daemon(root) -> None:
     store, sock = os.path.join(root, "store"), os.path.join(root, "run", "snapd.sock")
     daemon = DaemonProcess(store, sock)
-    client = Client(sock, retry=RetryPolicy(max_attempts=100, max_backoff=0.2), timeout=60)
+    client = Client(sock, retry=RetryPolicy(max_attempts=1000, max_backoff=0.2), timeout=90)
     try:
         with pytest.raises(UnavailableError):  # not idempotent: fails at once
             client.snapshot(1)
