@@ -233,6 +233,25 @@ def test_kill_9_then_restart_needs_no_repair(root, tmp_path) -> None:
         assert c.verify().ok
 
 
+def test_defaults_need_no_flags(root, tmp_path, monkeypatch) -> None:
+    runtime = os.path.join(root, "xdg-run")
+    os.mkdir(runtime, 0o700)
+    env = {"XDG_RUNTIME_DIR": runtime, "XDG_DATA_HOME": str(tmp_path / "data")}
+    for name in ("SNAPD_SOCKET", "SNAPD_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    sock = os.path.join(runtime, "snapd-workspace", "snapd.sock")
+    d = DaemonProcess("", sock, env=env)
+    d.command = lambda: DaemonProcess.command(d)[:4]  # plain `snapd serve`
+    with d:
+        assert stat.S_ISSOCK(os.lstat(sock).st_mode)
+        assert os.path.isdir(tmp_path / "data" / "snapd-workspace" / "store" / "packs")
+        with Client() as client:  # finds the default socket the same way
+            assert client.ping().version
+        assert d.terminate() == 0
+
+
 def test_config_file_env_and_flags(root, tmp_path) -> None:
     cfg_path = tmp_path / "config.toml"
     cfg_path.write_text(
