@@ -152,6 +152,8 @@ def test_new_rules_apply_to_hinted_snapshots(open_ws, ws_dir, store, driver) -> 
     write(ws_dir, "vendor/lib/x.c", "x\n")
     write(ws_dir, "main.c", "m\n")
     ws = open_ws(ws_dir, keep_last=100, watch=driver == "watcher")
+    if ws.watcher is not None:
+        assert ws.watcher.ready.wait(30)  # else snapshots walk fully until it is
     first = ws.snapshot()
     assert stored_paths(store, first) == [".snapdignore", "main.c"]
     write(ws_dir, ".snapdignore", "main.c\n")

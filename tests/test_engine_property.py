@@ -362,6 +362,8 @@ class Session:
         self.ws = Workspace.open(
             self.store, self.ws_path, WorkspaceSettings(keep_last=10_000, watch=self.watch)
         )
+        if self.ws.watcher is not None:
+            assert self.ws.watcher.ready.wait(30)  # else snapshots walk fully until it is
         if self.coarse:
             # Exercise the racy-timestamp rules that coarse file systems need, on this kernel
             # whose multigrain timestamps would otherwise switch them off.

@@ -172,6 +172,8 @@ def test_hint_based_snapshot_equals_a_full_walk(tmp_path, store) -> None:
 @pytest.mark.parametrize("driver", ["hints", "watcher"])
 def test_write_through_one_hard_link_name(open_ws, ws_dir, store, driver) -> None:
     ws = open_ws(ws_dir, keep_last=100, watch=driver == "watcher")
+    if ws.watcher is not None:
+        assert ws.watcher.ready.wait(30)  # else snapshots walk fully until it is
     write(ws_dir, "a", "one\n")
     os.link(os.path.join(ws_dir, "a"), os.path.join(ws_dir, "b"))
     ws.snapshot(hints=None if driver == "watcher" else Hints(paths={b"a", b"b"}))
