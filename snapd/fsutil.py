@@ -29,7 +29,14 @@ try:
     _syscall = _libc.syscall
     _syscall.restype = ctypes.c_long
 except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
+    _libc = None
     _syscall = None
+_renameat2 = getattr(_libc, "renameat2", None)  # glibc 2.28+
+if _renameat2 is not None:
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    _renameat2.argtypes += [ctypes.c_uint]
+    _renameat2.restype = ctypes.c_int
+_RENAME_NOREPLACE = 1
 _have_openat2: bool | None = None
 
 
@@ -100,6 +107,19 @@ def open_beneath(rootfd: int, rel: bytes, flags: int = _O_DIR) -> int:
 def _check_component(part: bytes) -> None:
     if part in (b"", b".", b".."):
         raise OSError(errno.EXDEV, "path component leaves the workspace", part)
+
+
+def rename_noreplace(src: bytes, dst: bytes, dir_fd: int) -> None:
+    """Rename src to dst inside one directory; FileExistsError instead of replacing dst."""
+    if _renameat2 is not None:
+        if _renameat2(dir_fd, src, dir_fd, dst, _RENAME_NOREPLACE) == 0:
+            return
+        e = ctypes.get_errno()
+        if e not in (errno.EINVAL, errno.ENOSYS):  # EINVAL: the file system lacks the flag
+            raise OSError(e, os.strerror(e), dst)
+    # link() never replaces either; then drop the temporary name.
+    os.link(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    os.unlink(src, dir_fd=dir_fd)
 
 
 def split(rel: bytes) -> tuple[bytes, bytes]:

@@ -23,7 +23,7 @@ import stat
 from dataclasses import dataclass, field
 
 from .errors import Aborted, DataLoss, InvalidArgument, PermissionDenied, ResourceExhausted
-from .fsutil import join
+from .fsutil import join, rename_noreplace
 from .ignore import INTERNAL_PREFIX, Excludes
 from .index import DirNode, FileNode, Node
 from .store.format import (
@@ -287,6 +287,16 @@ class Applier:
         return None
 
     def _apply_dir(self, dfd: int, rel: bytes, node: DirNode, plan: _DirPlan) -> None:
+        conflicts = len(self.stats.conflicts)
+        try:
+            self._apply_ops(dfd, node, plan)
+        finally:
+            if len(self.stats.conflicts) != conflicts:
+                # The directory is not the target tree after all: let the index describe what
+                # is there (re-encoded at the commit) instead of claiming the target's tree id.
+                plan.exact = False
+
+    def _apply_ops(self, dfd: int, node: DirNode, plan: _DirPlan) -> None:
         for op in plan.ops:
             try:
                 self._apply_op(dfd, node, op)
@@ -332,9 +342,13 @@ class Applier:
         if isinstance(c, DirNode) and not self._delete(dfd, name, op.path, c):
             self.stats.conflicts.append(os.fsdecode(op.path))
             return
-        node = self._write_symlink(dfd, name, t) if t.kind == ENTRY_SYMLINK else None
-        if node is None and t.kind != ENTRY_SYMLINK:
-            node = self._write_file(dfd, name, t)
+        # Replace only what the index knows; an entry it does not know (a special file, one
+        # created after the scan) is left alone: the rename fails with EEXIST, a conflict.
+        replace = c is not None
+        if t.kind == ENTRY_SYMLINK:
+            node = self._write_symlink(dfd, name, t, replace)
+        else:
+            node = self._write_file(dfd, name, t, replace)
         self._put(parent, op.path, name, node)
 
     def _put(self, parent: DirNode, path: bytes, name: bytes, node: Node) -> None:
@@ -356,7 +370,12 @@ class Applier:
                 os.mkdir(name, 0o700, dir_fd=dfd)
                 self.stats.dirs_created += 1
             except FileExistsError:
-                pass  # appeared since the scan (unknown to the index): populate it
+                # Appeared since the scan (unknown to the index): populate a directory, leave
+                # anything else alone.
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    self.stats.conflicts.append(os.fsdecode(op.path))
+                    return
             node = DirNode()
         else:
             node = c
@@ -424,7 +443,13 @@ class Applier:
     def _tmpname(self) -> bytes:
         return INTERNAL_PREFIX + b"tmp-" + secrets.token_hex(6).encode()
 
-    def _write_file(self, dfd: int, name: bytes, t: TreeEntry) -> FileNode:
+    def _rename(self, tmp: bytes, name: bytes, dfd: int, replace: bool) -> None:
+        if replace:
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        else:
+            rename_noreplace(tmp, name, dfd)
+
+    def _write_file(self, dfd: int, name: bytes, t: TreeEntry, replace: bool) -> FileNode:
         tmp = self._tmpname()
         fd = os.open(tmp, _O_TMP, 0o600, dir_fd=dfd)
         try:
@@ -442,7 +467,7 @@ class Applier:
                 os.chmod(fd, t.mode)
                 os.utime(fd, ns=(t.mtime_ns, t.mtime_ns))
                 st = os.fstat(fd)
-                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                self._rename(tmp, name, dfd, replace)
                 st = _after_rename(st, os.fstat(fd))
             finally:
                 os.close(fd)
@@ -458,13 +483,13 @@ class Applier:
             t.kind, t.mode, t.size, t.mtime_ns, t.ref, st.st_ctime_ns, st.st_ino, racy=self.racy
         )
 
-    def _write_symlink(self, dfd: int, name: bytes, t: TreeEntry) -> FileNode:
+    def _write_symlink(self, dfd: int, name: bytes, t: TreeEntry, replace: bool) -> FileNode:
         tmp = self._tmpname()
         os.symlink(t.ref, tmp, dir_fd=dfd)
         try:
             os.utime(tmp, ns=(t.mtime_ns, t.mtime_ns), dir_fd=dfd, follow_symlinks=False)
             st = os.stat(tmp, dir_fd=dfd, follow_symlinks=False)
-            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            self._rename(tmp, name, dfd, replace)
             with contextlib.suppress(OSError):
                 st = _after_rename(st, os.stat(name, dir_fd=dfd, follow_symlinks=False))
         except BaseException:

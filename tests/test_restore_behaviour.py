@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 
 import pytest
 from treeutil import assert_same, capture, read, subset, without, write
 
+from snapd import browse, fsutil
 from snapd.errors import SnapdError
 from snapd.restore import Change
+from snapd.store.store import Store
+from snapd.workspace import Hints, Workspace, WorkspaceSettings
 
 OLD = 1_234_567_890_123_456_789
 
@@ -203,3 +207,83 @@ def test_snapshot_after_a_restore_reads_nothing_again(ws, ws_dir) -> None:
     after = ws.snapshot()
     assert after.stats["read_files"] == 0, after.stats
     assert after.root_tree == snap.root_tree
+
+
+def listing(store, snap) -> list[tuple]:
+    return sorted(
+        (e.path, e.kind, e.mode, e.mtime_ns, e.size, e.target)
+        for e in browse.list_dir(store, snap.root_tree, recursive=True)
+    )
+
+
+def fresh_walk(ws_dir: str, tmp_path) -> list[tuple]:
+    """What a workspace with no index (in a new store) finds in ws_dir."""
+    with Store.open(str(tmp_path / f"fresh-{len(os.listdir(tmp_path))}")) as other:
+        ws = Workspace.open(other, ws_dir, WorkspaceSettings(watch=False))
+        try:
+            return listing(other, ws.snapshot())
+        finally:
+            ws.close()
+
+
+def test_restore_leaves_entries_it_does_not_know_alone(ws, ws_dir, store, tmp_path) -> None:
+    """A FIFO (never indexed) or a file created after the restore's scan that occupies a name
+    the snapshot needs is not replaced: the restore reports a conflict and leaves it."""
+    write(ws_dir, "x", "file x\n")
+    write(ws_dir, "y", "file y\n")
+    write(ws_dir, "d/z", "in d\n")
+    snap = ws.snapshot()
+    os.unlink(os.path.join(ws_dir, "x"))
+    os.mkfifo(os.path.join(ws_dir, "x"))
+    shutil.rmtree(os.path.join(ws_dir, "d"))
+    os.mkfifo(os.path.join(ws_dir, "d"))
+    os.unlink(os.path.join(ws_dir, "y"))
+    ws.snapshot()
+    write(ws_dir, "y", "created after the scan\n")  # empty hints below: the scan misses it
+
+    res = ws.restore(snap.id, hints=Hints())
+
+    assert sorted(res.stats.conflicts) == ["d", "x", "y"]
+    assert stat.S_ISFIFO(os.lstat(os.path.join(ws_dir, "x")).st_mode)
+    assert stat.S_ISFIFO(os.lstat(os.path.join(ws_dir, "d")).st_mode)
+    assert read(ws_dir, "y") == b"created after the scan\n"
+    # The index describes what is really there: the next snapshot equals a fresh full walk.
+    assert listing(store, ws.snapshot()) == fresh_walk(ws_dir, tmp_path)
+
+
+def test_kept_directory_is_still_in_the_next_snapshot(ws, ws_dir, store, tmp_path) -> None:
+    """A directory the snapshot lacks but that holds something unknown is kept (conflict);
+    the next snapshot must include it, exactly as a full walk from scratch would."""
+    write(ws_dir, "a.txt", "a\n")
+    snap = ws.snapshot()
+    os.mkdir(os.path.join(ws_dir, "keep"))
+    os.mkfifo(os.path.join(ws_dir, "keep/pipe"))
+    ws.snapshot()
+    res = ws.restore(snap.id)
+    assert res.stats.conflicts == ["keep"]
+    assert listing(store, ws.snapshot()) == fresh_walk(ws_dir, tmp_path)
+
+
+@pytest.mark.parametrize("impl", ["renameat2", "link"])
+def test_rename_noreplace(tmp_path, monkeypatch, impl) -> None:
+    if impl == "link":
+        # The code path used where libc lacks renameat2 (or the file system the flag).
+        monkeypatch.setattr(fsutil, "_renameat2", None)
+    elif fsutil._renameat2 is None:
+        pytest.skip("libc without renameat2")
+    write(tmp_path, "tmp", "new\n")
+    write(tmp_path, "taken", "old\n")
+    os.symlink("somewhere", tmp_path / "tmp-link")
+    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            fsutil.rename_noreplace(b"tmp", b"taken", dfd)
+        assert read(tmp_path, "taken") == b"old\n" and read(tmp_path, "tmp") == b"new\n"
+        fsutil.rename_noreplace(b"tmp", b"free", dfd)
+        fsutil.rename_noreplace(b"tmp-link", b"free-link", dfd)
+    finally:
+        os.close(dfd)
+    assert read(tmp_path, "free") == b"new\n" and not os.path.exists(tmp_path / "tmp")
+    assert os.readlink(tmp_path / "free-link") == "somewhere"
+    assert not os.path.lexists(tmp_path / "tmp-link")
+    assert os.stat(tmp_path / "free").st_nlink == 1
