@@ -38,6 +38,9 @@ DELETE_BATCH = 512
 # packs with the most dead bytes first (restic's "max unused" rule): the store stays within a
 # few percent of its live size, and a pack that is mostly live is rarely copied.
 MAX_UNUSED = 0.05
+# The background collector tolerates more dead space: compacting a pack rewrites its live part,
+# so a low threshold on a small, busy store copies the same bytes over and over.
+BACKGROUND_MAX_UNUSED = 0.25
 LOCK_RETRY_SECONDS = 0.05
 
 
@@ -68,14 +71,15 @@ def collect(
         if progress is not None:
             progress({"phase": phase, **stats})
 
-    before = _disk_usage(store)
+    before = _pack_bytes(store)
     done = _delete_garbage(store, stats, deadline, batch_seconds, report)
     if done:
         done = _compact(store, stats, deadline, max_unused, report)
     if done:
         _remove_orphan_packs(store, stats)
-        _vacuum(store)
-    stats["reclaimed_bytes"] = max(0, before - _disk_usage(store))
+        if stats["deleted_objects"] or stats["packs_compacted"] or stats["packs_deleted"]:
+            _vacuum(store)
+    stats["reclaimed_bytes"] = max(0, before - _pack_bytes(store))
     stats["complete"] = done
     stats["duration_s"] = round(time.monotonic() - t0, 3)
     report("done")
@@ -306,12 +310,12 @@ def _vacuum(store: Store) -> None:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def _disk_usage(store: Store) -> int:
+def _pack_bytes(store: Store) -> int:
     total = 0
-    for dirpath, _, files in os.walk(store.root):
-        for f in files:
+    with os.scandir(store.packs_dir) as it:
+        for de in it:
             with contextlib.suppress(FileNotFoundError):
-                total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+                total += de.stat(follow_symlinks=False).st_size
     return total
 
 
@@ -330,6 +334,7 @@ class BackgroundCollector:
         interval: float = 30.0,
         pass_seconds: float = 0.5,
         min_garbage_bytes: int = 1 << 20,
+        max_unused: float = BACKGROUND_MAX_UNUSED,
     ) -> None:
         import threading
 
@@ -337,6 +342,7 @@ class BackgroundCollector:
         self.interval = interval
         self.pass_seconds = pass_seconds
         self.min_garbage_bytes = min_garbage_bytes
+        self.max_unused = max_unused
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapd-gc", daemon=True)
@@ -368,7 +374,9 @@ class BackgroundCollector:
                 break
             try:
                 while not self._stop.is_set() and self._garbage() >= self.min_garbage_bytes:
-                    self.last = collect(self.store, max_seconds=self.pass_seconds)
+                    self.last = collect(
+                        self.store, max_seconds=self.pass_seconds, max_unused=self.max_unused
+                    )
                     self.passes += 1
                     progressed = self.last["deleted_objects"] or self.last["packs_compacted"]
                     if self.last["complete"] or not progressed:
