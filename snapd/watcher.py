@@ -100,6 +100,8 @@ class TreeWatcher:
         self._unwatched: set[bytes] = set()
         self._cookies: dict[bytes, threading.Event] = {}
         self._cookie_seq = itertools.count()
+        self._rewatching = 0  # re-watch requests not yet served (snapshots scan fully meanwhile)
+        self._rewatch_running = False
         self._id = CallbackId(id(self))
         self._fd = inotify or InotifyFD()
         if inotify is None:
@@ -128,16 +130,22 @@ class TreeWatcher:
         except Exception:
             log.exception("watcher setup failed for %s; snapshots will scan fully", self.root)
             with self._lock:
+                # Some directories may be unwatched: rescan the whole tree at every snapshot.
+                self._unwatched.add(b"")
                 self._dirty.full = True
         finally:
             self.ready.set()
 
-    def _watch_tree(self, rel: bytes) -> None:
-        """Add watches for `rel` and every directory below it (not following symlinks)."""
+    def _watch_tree(self, rel: bytes, *, mark_new: bool = False) -> None:
+        """Add watches for `rel` and every directory below it (not following symlinks).
+
+        mark_new: directories that had no watch (or one under another path) are marked for a
+        rescan, since changes made in them before their watch existed raised no event.
+        """
         stack = [rel]
         while stack:
             d = stack.pop()
-            if not self._add_watch(d):
+            if not self._add_watch(d, mark_new=mark_new):
                 continue
             try:
                 it = os.scandir(os.path.join(self._root_b, d) if d else self._root_b)
@@ -153,33 +161,67 @@ class TreeWatcher:
                     except OSError:
                         continue
                     child = join(d, de.name)
-                    if not self._excluded(child, True):
+                    if not self._is_excluded(child):
                         stack.append(child)
 
-    def _add_watch(self, rel: bytes) -> bool:
-        path = os.path.join(self._root_b, rel) if rel else self._root_b
+    def _is_excluded(self, rel: bytes) -> bool:
         try:
-            wd = self._fd.add_callback(path, WATCH_MASK, self, self._id)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                with self._lock:
-                    self.counters["watch_limit_errors"] += 1
-                    self._unwatched.add(rel)
-                    self.counters["unwatched_dirs"] = len(self._unwatched)
-                log.error(
-                    "inotify watch limit reached in %s at %r: that subtree will be rescanned at "
-                    "every snapshot. Raise fs.inotify.max_user_watches (see systemd/).",
-                    self.root,
-                    os.fsdecode(rel),
-                )
-            return False  # gone, not a directory any more, or not watchable
-        if wd < 0:
+            return self._excluded(rel, True)
+        except Exception:  # a rule that cannot judge a name: watching too much is harmless
+            log.warning("exclude rules failed on %r; watching it", rel, exc_info=True)
             return False
+
+    def _add_watch(self, rel: bytes, *, mark_new: bool = False) -> bool:
+        path = os.path.join(self._root_b, rel) if rel else self._root_b
+        # The lock spans the system call: the inotify thread re-maps a moved directory's watch
+        # under this lock too, so a path read before a rename can never overwrite a newer one.
         with self._lock:
-            self._wd_path[wd] = rel
-            self._unwatched.discard(rel)
-            self.counters["watches"] = len(self._wd_path)
-        return True
+            try:
+                wd = self._fd.add_callback(path, WATCH_MASK, self, self._id)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    return False  # gone, or not a directory any more
+                wd = None
+            if wd is None or wd < 0:  # ENOSPC; watchdog turns EACCES into wd -1
+                self._unwatched.add(rel)
+                self.counters["unwatched_dirs"] = len(self._unwatched)
+                if wd is None:
+                    self.counters["watch_limit_errors"] += 1
+            else:
+                if mark_new and self._wd_path.get(wd) != rel:
+                    self._mark_subtree(rel)
+                self._wd_path[wd] = rel
+                self._unwatched.discard(rel)
+                self.counters["watches"] = len(self._wd_path)
+                return True
+        if wd is None:
+            log.error(
+                "inotify watch limit reached in %s at %r: that subtree will be rescanned at "
+                "every snapshot. Raise fs.inotify.max_user_watches (see systemd/).",
+                self.root,
+                os.fsdecode(rel),
+            )
+        else:
+            log.warning(
+                "cannot watch %r in %s (permission denied): that subtree will be rescanned at "
+                "every snapshot",
+                os.fsdecode(rel),
+                self.root,
+            )
+        return False
+
+    def _mark_subtree(self, rel: bytes) -> None:
+        """Mark rel for a recursive rescan unless an ancestor already is (lock held)."""
+        subtrees = self._dirty.subtrees
+        p = rel
+        while True:
+            if p in subtrees:
+                return
+            if not p:
+                break
+            i = p.rfind(b"/")
+            p = p[:i] if i >= 0 else b""
+        subtrees.add(rel)
 
     # --- WatchCallback protocol (called on the inotify thread) -----------------------------------
     def on_event(self, event: InotifyEvent) -> None:
@@ -189,6 +231,7 @@ class TreeWatcher:
             log.exception("watcher event handling failed; next snapshot scans fully")
             with self._lock:
                 self._dirty.full = True
+            self.rewatch()  # a watch the failed handler should have added may be missing
 
     def on_watch_deleted(self, wd) -> None:
         with self._lock:
@@ -199,15 +242,33 @@ class TreeWatcher:
         with self._lock:
             self.counters["overflows"] += 1
             self._dirty.full = True
+            # A sync cookie created while the queue was full was dropped with the other events;
+            # its waiter would time out. The full rescan now due makes waiting pointless.
+            waiting = list(self._cookies.values())
+        for ev in waiting:
+            ev.set()
         log.warning(
             "inotify queue overflow in %s: events lost, next snapshot rescans fully", self.root
         )
         # Re-add watches off the inotify thread so it keeps draining the queue.
-        threading.Thread(target=self._rewatch_all, name="snapd-rewatch", daemon=True).start()
+        self.rewatch()
 
     def _rewatch_all(self) -> None:
-        with contextlib.suppress(Exception):
-            self._watch_tree(b"")
+        # One thread serves every request: requests made during a walk get one more walk.
+        while True:
+            with self._lock:
+                serving = self._rewatching
+            try:
+                self._watch_tree(b"", mark_new=True)
+            except Exception:
+                log.exception("re-watching %s failed; snapshots will scan fully", self.root)
+                with self._lock:
+                    self._unwatched.add(b"")
+            with self._lock:
+                self._rewatching -= serving
+                if not self._rewatching:
+                    self._rewatch_running = False
+                    return
 
     def _handle(self, event: InotifyEvent) -> None:
         mask = event.mask
@@ -238,7 +299,7 @@ class TreeWatcher:
         if is_dir and mask & (IC.IN_CREATE | IC.IN_MOVED_TO):
             # Watch it first, then let the snapshot rescan it: files that appeared before the
             # watch existed are found by the scan, later ones by events.
-            if not self._excluded(path, True):
+            if not self._is_excluded(path):
                 self._watch_tree(path)
             with self._lock:
                 self._dirty.subtrees.add(path)
@@ -248,30 +309,45 @@ class TreeWatcher:
 
     # --- the snapshot side ----------------------------------------------------------------------
     def healthy(self) -> bool:
-        return not self.closed and self._fd.is_alive()
+        fd = self._fd
+        # stop() closes the inotify instance at once; the thread exits a little later.
+        return not self.closed and fd.is_alive() and fd.should_keep_running()
 
     def barrier(self, timeout: float = 10.0) -> None:
         """Return once every change made before this call is in the dirty set."""
         if not self.healthy():
             self._restart()
             return
+        with self._lock:
+            if b"" in self._unwatched:
+                return  # no watch on the root, no cookie: take() asks for a full walk
         name = COOKIE_PREFIX + f"{next(self._cookie_seq)}-{secrets.token_hex(4)}".encode()
         ev = threading.Event()
         with self._lock:
             self._cookies[name] = ev
         path = os.path.join(self._root_b, name)
+        deadline = time.monotonic() + timeout
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                log.warning(
+                    "cannot create the sync cookie in %s (%s): rescanning fully", self.root, e
+                )
+                self.mark_full()
+                return
             os.close(fd)
-            if not ev.wait(timeout):
+            # Wait in slices: a watcher thread that dies meanwhile will never deliver it.
+            while not ev.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
                 if not self.healthy():
                     self._restart()
                     return
-                raise DeadlineExceeded(
-                    f"the file watcher of {self.root} did not deliver its sync cookie within "
-                    f"{timeout:.0f} s (system overloaded?); retry, or disable watching for this "
-                    "workspace"
-                )
+                if time.monotonic() >= deadline:
+                    raise DeadlineExceeded(
+                        f"the file watcher of {self.root} did not deliver its sync cookie within "
+                        f"{timeout:.0f} s (system overloaded?); retry, or disable watching for "
+                        "this workspace"
+                    )
         finally:
             with self._lock:
                 self._cookies.pop(name, None)
@@ -283,6 +359,9 @@ class TreeWatcher:
         with self._lock:
             d, self._dirty = self._dirty, DirtySet()
             d.subtrees |= self._unwatched
+            if self._rewatching:
+                # Directories the re-watch has not reached raise no events yet.
+                d.full = True
             if d.full:
                 self.counters["rescans_full"] += 1
             elif d.subtrees:
@@ -299,12 +378,32 @@ class TreeWatcher:
             self._dirty.full = True
 
     def rewatch(self) -> None:
-        """Watch directories that may have become watchable (e.g. after exclude rules changed)."""
-        threading.Thread(target=self._rewatch_all, name="snapd-rewatch", daemon=True).start()
+        """Watch directories that may have become watchable (e.g. after exclude rules changed).
+
+        Until it is done, take() asks for full scans; then the directories it newly watched are
+        rescanned once.
+        """
+        with self._lock:
+            self._rewatching += 1
+            if self._rewatch_running:
+                return  # the running re-watch walks again for this request
+            self._rewatch_running = True
+        try:
+            threading.Thread(target=self._rewatch_all, name="snapd-rewatch", daemon=True).start()
+        except BaseException:
+            with self._lock:  # no re-watch: scan fully from now on
+                self._rewatching = 0
+                self._rewatch_running = False
+                self._unwatched.add(b"")
+            raise
 
     def _restart(self) -> None:
         """The inotify thread is gone: start a new one, re-add every watch, rescan fully."""
         log.error("the file watcher of %s stopped; restarting it (full rescan)", self.root)
+        # Close the old instance first: it still holds its watches against the user's limit,
+        # and its last callbacks (on_watch_deleted) must come before the new watches exist.
+        with contextlib.suppress(Exception):
+            self._fd.stop()
         with self._lock:
             self.counters["restarts"] += 1
             self._dirty.full = True
