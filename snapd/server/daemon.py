@@ -200,6 +200,8 @@ class Daemon:
         old = os.umask(0o177)
         try:
             bound = server.add_insecure_port("unix:" + cfg.socket)
+        except RuntimeError:  # grpcio raises instead of returning 0 for some bind failures
+            bound = 0
         finally:
             os.umask(old)
         if not bound:

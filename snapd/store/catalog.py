@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS objects (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_unreferenced ON objects(refs) WHERE refs <= 0;
 CREATE TABLE IF NOT EXISTS workspaces (
-    id         INTEGER PRIMARY KEY,
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
     path       TEXT NOT NULL UNIQUE,
     settings   TEXT NOT NULL DEFAULT '{}',
     head_tree  BLOB,
