@@ -103,9 +103,6 @@ class TreeWatcher:
         self._rewatching = 0  # re-watch requests not yet served (snapshots scan fully meanwhile)
         self._rewatch_running = False
         self._id = CallbackId(id(self))
-        self._fd = inotify or InotifyFD()
-        if inotify is None:
-            self._fd.start()
         self.ready = threading.Event()
         self.closed = False
         self.counters = {
@@ -117,11 +114,31 @@ class TreeWatcher:
             "rescans_subtree": 0,
             "watches": 0,
             "restarts": 0,
+            "no_inotify": 0,  # no inotify instance could be created: every snapshot scans fully
         }
+        self._fd: InotifyFD | None = inotify or self._new_inotify()
         self._setup = threading.Thread(
             target=self._initial_watches, name="snapd-watch-setup", daemon=True
         )
         self._setup.start()
+
+    def _new_inotify(self) -> InotifyFD | None:
+        try:
+            fd = InotifyFD()
+        except OSError as e:  # EMFILE: fs.inotify.max_user_instances reached
+            log.error(
+                "cannot create an inotify instance for %s (%s): every snapshot of it will scan "
+                "the whole tree. Raise fs.inotify.max_user_instances (see systemd/).",
+                self.root,
+                e,
+            )
+            with self._lock:
+                self.counters["no_inotify"] += 1
+                self._unwatched.add(b"")
+                self.counters["unwatched_dirs"] = len(self._unwatched)
+            return None
+        fd.start()
+        return fd
 
     # --- watches --------------------------------------------------------------------------------
     def _initial_watches(self) -> None:
@@ -176,6 +193,9 @@ class TreeWatcher:
         # The lock spans the system call: the inotify thread re-maps a moved directory's watch
         # under this lock too, so a path read before a rename can never overwrite a newer one.
         with self._lock:
+            if self._fd is None:
+                self._unwatched.add(b"")
+                return False
             try:
                 wd = self._fd.add_callback(path, WATCH_MASK, self, self._id)
             except OSError as e:
@@ -311,16 +331,16 @@ class TreeWatcher:
     def healthy(self) -> bool:
         fd = self._fd
         # stop() closes the inotify instance at once; the thread exits a little later.
-        return not self.closed and fd.is_alive() and fd.should_keep_running()
+        return not self.closed and fd is not None and fd.is_alive() and fd.should_keep_running()
 
     def barrier(self, timeout: float = 10.0) -> None:
         """Return once every change made before this call is in the dirty set."""
-        if not self.healthy():
-            self._restart()
-            return
         with self._lock:
             if b"" in self._unwatched:
                 return  # no watch on the root, no cookie: take() asks for a full walk
+        if not self.healthy():
+            self._restart()
+            return
         name = COOKIE_PREFIX + f"{next(self._cookie_seq)}-{secrets.token_hex(4)}".encode()
         ev = threading.Event()
         with self._lock:
@@ -403,13 +423,13 @@ class TreeWatcher:
         # Close the old instance first: it still holds its watches against the user's limit,
         # and its last callbacks (on_watch_deleted) must come before the new watches exist.
         with contextlib.suppress(Exception):
-            self._fd.stop()
+            if self._fd is not None:
+                self._fd.stop()
         with self._lock:
             self.counters["restarts"] += 1
             self._dirty.full = True
             self._wd_path.clear()
-        self._fd = InotifyFD()
-        self._fd.start()
+        self._fd = self._new_inotify()
         self._watch_tree(b"")
 
     def close(self) -> None:
@@ -419,10 +439,13 @@ class TreeWatcher:
         with self._lock:
             wds = list(self._wd_path)
             self._wd_path.clear()
+        fd = self._fd
+        if fd is None:
+            return
         with contextlib.suppress(Exception):
-            self._fd.remove_callbacks([(wd, self._id) for wd in wds])
+            fd.remove_callbacks([(wd, self._id) for wd in wds])
         with contextlib.suppress(Exception):
-            self._fd.stop()
+            fd.stop()
 
 
 def wait_ready(watcher: TreeWatcher, timeout: float) -> bool:

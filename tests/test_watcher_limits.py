@@ -1,4 +1,4 @@
-"""Directories the watcher cannot watch are rescanned: the inotify watch limit, permissions.
+"""What the watcher cannot watch is rescanned: inotify watch and instance limits, permissions.
 
 Each scenario runs in a child process (this file run as a script), so that a lowered limit or
 dropped privileges touch nothing else on the machine:
@@ -8,6 +8,8 @@ dropped privileges touch nothing else on the machine:
   so other inotify users on the machine are unaffected. Without user namespaces the test falls
   back to lowering the global fs.inotify.max_user_watches to (this user's watches in use + a
   few) for the short time it takes to open the workspace, and puts it back at once.
+- instance limit: the same, with /proc/sys/user/max_inotify_instances: a workspace opened
+  when no inotify instance is left works without a watcher (full scans) instead of failing.
 - permissions: the child drops to uid/gid 65534 (setpriv), since root may watch and create
   anything; a directory without read permission cannot be watched (EACCES), and a read-only
   workspace root has no room for a sync cookie.
@@ -77,6 +79,17 @@ def test_watch_limit_unwatched_subtrees_are_rescanned(budget: int, tmp_path) -> 
     assert out["watches"] <= budget
     if budget == 0:
         assert out["root_unwatched"]
+
+
+def test_no_inotify_instance_left_means_full_scans_not_failure(tmp_path) -> None:
+    """fs.inotify.max_user_instances (128 by default) counts one instance per workspace."""
+    prefix = _userns_prefix()
+    if prefix is None:
+        pytest.skip("needs a user namespace to lower max_inotify_instances for itself only")
+    out = _run_child(prefix, "instances", str(tmp_path))
+    print(f"instance limit: {out}")
+    assert out["no_inotify"] == 1
+    assert out["opened"] == 3
 
 
 def test_unreadable_directory_and_read_only_root() -> None:
@@ -169,6 +182,40 @@ def _watches_in_use(uid: int) -> int:
     return n
 
 
+def _child_instances(base: str) -> dict:
+    from test_watcher_support import snap_exact
+
+    from snapd.store.store import Store
+    from snapd.workspace import Workspace, WorkspaceSettings
+
+    with open("/proc/sys/user/max_inotify_instances", "w") as f:
+        f.write("2")  # the store may use none; the first two workspaces get one each
+    store = Store.open(os.path.join(base, "store"))
+    spaces = []
+    for i in range(3):
+        d = os.path.join(base, f"ws{i}")
+        os.makedirs(os.path.join(d, "src", "deep"))
+        _write(os.path.join(d, "src", "deep", "f"), b"%d" % i)
+        ws = Workspace.open(store, d, WorkspaceSettings(keep_last=100))
+        assert ws.watcher.ready.wait(60)
+        spaces.append(ws)
+    last = spaces[-1]
+    for ws in spaces:
+        snap_exact(ws, f"first snapshot of {ws.path}")
+    for k in range(3):
+        for ws in spaces:
+            _write(os.path.join(ws.path, "src", "deep", "f"), b"changed %d" % k)
+            os.makedirs(os.path.join(ws.path, f"new{k}", "x"))
+            _write(os.path.join(ws.path, f"new{k}", "x", "g"), b"g")
+            snap_exact(ws, f"change {k} in {ws.path}")
+    out = dict(last.watcher.counters)
+    out["opened"] = len(spaces)
+    for ws in spaces:
+        ws.close()
+    store.close()
+    return out
+
+
 def _child_permissions(base: str) -> dict:
     from test_watcher_support import no_internal_files, snap_exact
 
@@ -228,6 +275,8 @@ if __name__ == "__main__":
     what = sys.argv[1]
     if what == "watch-limit":
         result = _child_watch_limit(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif what == "instances":
+        result = _child_instances(sys.argv[2])
     elif what == "permissions":
         result = _child_permissions(sys.argv[2])
     else:
