@@ -19,9 +19,10 @@ uniquely named file in the root and waits until that file's creation event has c
 kernel queues events in order, so every change made before the call is then in the dirty set.
 Cookies are internal names: never stored, always removed.
 
-Limits (as for Watchman): writes through a hard link outside the workspace and writes through a
-shared mmap produce no event for the workspace path; a full scan (watch=false, or `snapd
-snapshot --full`) catches them.
+Limits (as for Watchman): a write through another name of a hard-linked file (outside the
+workspace, or another path inside it) and a write through a shared mmap produce no event for the
+workspace path; a full scan (watch=false, or `snapd snapshot --full`) catches them. A directory
+moved out of the tree keeps its watches until it is deleted (they only cause spurious hints).
 """
 
 from __future__ import annotations
