@@ -21,8 +21,8 @@ Cookies are internal names: never stored, always removed.
 
 Limits (as for Watchman): a write through another name of a hard-linked file (outside the
 workspace, or another path inside it) and a write through a shared mmap produce no event for the
-workspace path; a full scan (watch=false, or `snapd snapshot --full`) catches them. A directory
-moved out of the tree keeps its watches until it is deleted (they only cause spurious hints).
+workspace path; only a full scan (a workspace with watch=false) catches them. A directory moved
+out of the tree keeps its watches until it is deleted (they only cause spurious hints).
 """
 
 from __future__ import annotations
