@@ -3,10 +3,11 @@ missed.
 
 The writer (a separate process) rewrites files in place with one pwrite() of a whole version,
 replaces files by rename, appends lines, and creates, fills, renames and deletes directories,
-for a fixed number of rounds. Every version of every file is self-describing, so a stored file
-that mixes two versions (a torn read) is recognised. Meanwhile this process snapshots in a loop
-through the watcher. After the writer has finished, one more snapshot must equal a full walk
-and hold every file's final version.
+for at least ROUNDS rounds and until the test has taken MIN_SNAPSHOTS snapshots while it wrote
+(so that a loaded machine cannot let the writer finish before the race begins). Every version
+of every file is self-describing, so a stored file that mixes two versions (a torn read) is
+recognised. Meanwhile this process snapshots in a loop through the watcher. After the writer
+has finished, one more snapshot must equal a full walk and hold every file's final version.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from snapd.workspace import Workspace
 
 pytestmark = pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")
 
-ROUNDS = 400
+ROUNDS = 400  # at least
+MIN_SNAPSHOTS = 20
 INPLACE_SIZE = 16 * 1024  # four pages: a torn read would mix versions page by page
 
 WRITER = textwrap.dedent(
     """
     import os, shutil, sys
-    root, rounds, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    root, min_rounds, size, stop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 
     def inplace(v):
         unit = b"v%08d|" % v
@@ -50,7 +52,11 @@ WRITER = textwrap.dedent(
         fds.append(fd)
     print("ready", flush=True)
     sys.stdin.readline()  # the test has taken its first snapshot
-    for v in range(1, rounds + 1):
+    v = 0
+    while v < min_rounds or not os.path.exists(stop):
+        v += 1
+        if v > 200_000:
+            break
         os.pwrite(fds[v % 8], inplace(v), 0)  # one system call per version
         tmp = os.path.join(root, "replaced", f".tmp{v % 8}")
         with open(tmp, "wb") as f:
@@ -71,10 +77,11 @@ WRITER = textwrap.dedent(
             for n in os.listdir(os.path.join(root, "churn")):
                 if n.startswith("moved"):
                     shutil.rmtree(os.path.join(root, "churn", n))
-    for v, fd in enumerate(fds):
-        os.pwrite(fd, inplace(rounds + 1 + v), 0)  # each in-place file's final version
+    rounds = v
+    for i, fd in enumerate(fds):
+        os.pwrite(fd, inplace(rounds + 1 + i), 0)  # each in-place file's final version
         os.close(fd)
-    print("done", flush=True)
+    print("done", rounds, flush=True)
     """
 )
 
@@ -123,11 +130,12 @@ def _check_snapshot(ws: Workspace, root_tree: bytes) -> int:
     return n
 
 
-def test_racing_writer_process(open_ws, ws_dir) -> None:
+def test_racing_writer_process(open_ws, ws_dir, tmp_path) -> None:
     ws = open_ws(ws_dir, keep_last=10_000)
+    stop = tmp_path / "stop-writing"  # outside the workspace
     assert ws.watcher is not None and ws.watcher.ready.wait(30)
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, ws_dir, str(ROUNDS), str(INPLACE_SIZE)],
+        [sys.executable, "-c", WRITER, ws_dir, str(ROUNDS), str(INPLACE_SIZE), str(stop)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -146,8 +154,12 @@ def test_racing_writer_process(open_ws, ws_dir) -> None:
                 continue
             snapshots += 1
             _check_snapshot(ws, rec.root_tree)
+            if snapshots == MIN_SNAPSHOTS:
+                stop.touch()
         assert writer.wait(60) == 0
-        assert writer.stdout.read().strip() == "done"
+        last = writer.stdout.read().split()
+        assert last[0] == "done"
+        rounds = int(last[1])
     finally:
         if writer.poll() is None:
             writer.kill()
@@ -158,7 +170,7 @@ def test_racing_writer_process(open_ws, ws_dir) -> None:
     # The final versions, byte for byte, from the snapshot.
     for i in range(8):
         _, pieces = browse.read_file(ws.store, final.root_tree, f"inplace/p{i}")
-        assert b"".join(pieces) == _inplace(ROUNDS + 1 + i)
+        assert b"".join(pieces) == _inplace(rounds + 1 + i)
     for dirpath, _dirs, names in os.walk(ws_dir):
         for name in names:
             rel = os.path.relpath(os.path.join(dirpath, name), ws_dir)
@@ -169,7 +181,7 @@ def test_racing_writer_process(open_ws, ws_dir) -> None:
     assert no_internal_files(ws_dir) == []
     print(
         f"racing writer: {snapshots} snapshots ({aborted} aborted and retried) during "
-        f"{ROUNDS} writer rounds; {files} files in the final snapshot; counters "
+        f"{rounds} writer rounds; {files} files in the final snapshot; counters "
         f"{ws.watcher.counters}"
     )
-    assert snapshots >= 5, "the writer finished before the race began"
+    assert snapshots >= MIN_SNAPSHOTS
