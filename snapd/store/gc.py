@@ -77,8 +77,12 @@ def collect(
         done = _compact(store, stats, deadline, max_unused, report)
     if done:
         _remove_orphan_packs(store, stats)
-        if stats["deleted_objects"] or stats["packs_compacted"] or stats["packs_deleted"]:
-            _vacuum(store)
+        _vacuum(
+            store,
+            changed=bool(
+                stats["deleted_objects"] or stats["packs_compacted"] or stats["packs_deleted"]
+            ),
+        )
     stats["reclaimed_bytes"] = max(0, before - _pack_bytes(store))
     stats["complete"] = done
     stats["duration_s"] = round(time.monotonic() - t0, 3)
@@ -304,10 +308,17 @@ def _remove_orphan_packs(store: Store, stats: dict) -> None:
             os.close(fd)
 
 
-def _vacuum(store: Store) -> None:
+def _vacuum(store: Store, *, changed: bool) -> None:
+    """Give freed catalog pages back, and empty the WAL when it holds more than a little."""
     conn = store._conn()
-    conn.execute("PRAGMA incremental_vacuum")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if changed:
+        conn.execute("PRAGMA incremental_vacuum")
+    try:
+        wal = os.path.getsize(store._db_path + "-wal")
+    except OSError:
+        wal = 0
+    if changed or wal > 256 * 1024:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _pack_bytes(store: Store) -> int:
