@@ -706,6 +706,34 @@ def ms_stats(values: list[float]) -> str:
     )
 
 
+def paired_overhead(results: dict[str, ConfigResult]) -> list[str]:
+    """On the tasks where no execution failed, every configuration did the same agent work, so
+    the difference to the naive loop is what checkpointing itself adds (or overlap saves)."""
+    naive = results.get("naive")
+    if naive is None:
+        return []
+    lines = []
+    for name in ("checkpoints", "overlap"):
+        res = results.get(name)
+        if res is None:
+            continue
+        clean = [
+            (n.completion_s, r.completion_s)
+            for n, r in zip(naive.runs, res.runs, strict=True)
+            if n.restarts == 0 and r.retries == 0 and r.replans == 0 and r.restarts == 0
+        ]
+        if not clean:
+            continue
+        base = statistics.fmean(n for n, _ in clean)
+        diff = statistics.fmean(r - n for n, r in clean)
+        lines.append(
+            f"On the {len(clean)} tasks in which no execution failed (identical agent work), "
+            f"{CONFIGS[name]}: {diff:+.2f} s per run ({diff / base:+.1%} of the naive "
+            f"{base:.1f} s)."
+        )
+    return [*lines, ""] if lines else []
+
+
 def report(
     results: dict[str, ConfigResult],
     model: Model,
@@ -777,6 +805,7 @@ def report(
         f"  read_file (verifier):   {ms_stats(timings['read_file'])}",
         f"  first snapshot of the tree (set-up, in no run): {setup['first_snapshot_ms']:.0f} ms",
         "",
+        *paired_overhead(results),
         f"Model: plan {model.plan_s[0]:g}-{model.plan_s[1]:g} s; 3-7 steps (mean 5); execution "
         f"lognormal median {model.exec_median_s:g} s sigma {model.exec_sigma:g}; verification "
         f"{model.verify_ratio:.0%} of it; full restart {model.restart_s[0]:g}-"
