@@ -22,7 +22,7 @@ MAX_IGNORE_FILE = 1024 * 1024
 class Excludes:
     """A compiled set of exclude patterns. Immutable."""
 
-    __slots__ = ("_spec", "patterns")
+    __slots__ = ("_plain", "_spec", "patterns")
 
     def __init__(self, patterns: list[str]) -> None:
         self.patterns = [p for p in patterns if p.strip() and not p.lstrip().startswith("#")]
@@ -31,6 +31,7 @@ class Excludes:
             if self.patterns
             else None
         )
+        self._plain: pathspec.GitIgnoreSpec | None = None  # for names that are not UTF-8
 
     def __bool__(self) -> bool:
         return self._spec is not None
@@ -49,7 +50,16 @@ class Excludes:
         if self._spec is None:
             return False
         path = os.fsdecode(rel)
-        return self._spec.match_file(path + "/" if is_dir else path)
+        if is_dir:
+            path += "/"
+        try:
+            return self._spec.match_file(path)
+        except UnicodeEncodeError:
+            # The fast backends (re2, hyperscan) need UTF-8; a name that is not (surrogate-
+            # escaped here) goes through Python's re, which matches the same patterns.
+            if self._plain is None:
+                self._plain = pathspec.GitIgnoreSpec.from_lines(self.patterns, backend="simple")
+            return self._plain.match_file(path)
 
     @staticmethod
     def validate(patterns: list[str]) -> None:

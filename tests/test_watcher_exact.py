@@ -648,12 +648,6 @@ def test_full_walk_helper_agrees_with_a_full_snapshot(open_ws, ws_dir) -> None:
 
 
 # --- found by the property test in code this suite does not own ---------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (snapd/ignore.py): Excludes.excluded() passes os.fsdecode()'d names with "
-    "surrogate escapes to pathspec's re2 backend, which raises UnicodeEncodeError: any "
-    "snapshot of a workspace with exclude rules and a non-UTF-8 file name fails",
-)
 def test_non_utf8_name_with_exclude_rules(open_ws, ws_dir) -> None:
     os.makedirs(os.fsencode(ws_dir) + b"/caf\xe9/x")
     ws = open_ws(ws_dir, exclude=["node_modules/"])
