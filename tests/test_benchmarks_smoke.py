@@ -116,10 +116,11 @@ def test_shadow_git_restore_removes_files_added_later(tmp_path: Path) -> None:
 
 def test_harness_end_to_end_on_a_tiny_workload(tmp_path: Path) -> None:
     workload = SyntheticEdits(files=40, steps=3, seed=3)
-    result = bench_engine.run(workload, tmp_root=tmp_path, log=lambda _m: None)
+    result = bench_engine.run(workload, tmp_root=tmp_path, first_repeats=2, log=lambda _m: None)
     assert [s.label for s in result.steps] == ["initial tree", "edit 1", "edit 2"]
     assert len(result.ours.step_s) == len(result.git.step_s) == 2
     assert len(result.ours.undo_s) == len(result.git.undo_s) == 2
+    assert len(result.ours.first_samples_s) == len(result.git.first_samples_s) == 2
     assert result.ours.size_bytes > 0 and result.git.size_bytes > 0
     keys = {r["key"] for r in result.summary}
     assert {"first_snapshot", "step_median", "undo_median", "store_size"} <= keys
