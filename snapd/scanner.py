@@ -23,7 +23,7 @@ from pyfastcdc import FastCDC
 from .errors import Aborted, PermissionDenied
 from .fsutil import join, open_beneath, read_all, split
 from .ignore import IGNORE_FILE, Excludes, is_internal
-from .index import DirNode, FileNode, Node
+from .index import DirNode, FileNode, Node, lookup, walk
 from .store.format import (
     ENTRY_CHUNKED,
     ENTRY_FILE,
@@ -49,6 +49,8 @@ RACY_MARGIN_NS = 100_000_000
 HOT_NS = 20_000_000
 MAX_READ_ATTEMPTS = 5
 PARALLEL_MIN = 16  # candidates below this are read inline
+INGEST_BATCH = 256
+REUSE_MIN = 32  # new files in one pass before looking for moved ones by inode
 
 
 @dataclass
@@ -62,6 +64,8 @@ class ScanStats:
     skipped_special: int = 0
     vanished: int = 0
     retried_reads: int = 0
+    reused_moved: int = 0  # files found under a new path with unchanged content (renames)
+    scan: str = "full"  # "full" walk, or "hinted" (only paths the watcher or caller named)
     special_paths: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -100,6 +104,7 @@ class Scanner:
         *,
         fine_timestamps: bool,
         pool: ThreadPoolExecutor | None = None,
+        links: dict[int, set[bytes]] | None = None,
     ) -> None:
         self.rootfd = rootfd
         self.root = root
@@ -114,7 +119,14 @@ class Scanner:
         self.cleared: set[bytes] = set()  # directories replaced by another kind of entry
         self.errors: list[tuple[str, str]] = []
         self.ignore_file_changed = False
-        self._candidates: list[tuple[bytes, bytes, DirNode, list[DirNode], FileNode | None]] = []
+        # (path, name, parent, chain, old node, lstat) of files whose content must be read
+        self._candidates: list[tuple] = []
+        # Hard links: a full walk records every multi-name inode in `found_links`; a hinted pass
+        # re-checks the other names of any inode it touches (`links`, kept by the workspace).
+        self.links = links if links is not None else {}
+        self.found_links: dict[int, set[bytes]] = {}
+        self._link_hits: dict[int, set[bytes]] = {}
+        self._removed_files: list[FileNode] = []  # may still match a renamed path's inode
 
     # --- entry points -------------------------------------------------------------------------
     def full(self) -> None:
@@ -127,10 +139,31 @@ class Scanner:
         subtrees = set(subtrees)
         for rel in sorted(subtrees, key=len):
             self._scan_path(rel, recursive=True)
-        for rel in sorted(set(paths) - subtrees, key=len):
+        done = set(paths) | subtrees
+        for rel in sorted(done - subtrees, key=len):
             self._scan_path(rel, recursive=False)
+        self._expand_links(done)
         self._ingest_candidates()
         self._raise_errors()
+
+    def _expand_links(self, done: set[bytes]) -> None:
+        """Re-check the other names of every hard-linked file this pass touched."""
+        while self._link_hits:
+            hits, self._link_hits = self._link_hits, {}
+            unknown = {ino for ino, rels in hits.items() if rels - self.links.get(ino, set())}
+            if unknown:  # a name we did not know for this inode: ask the index once
+                for p, n in walk(self.root):
+                    if n.__class__ is FileNode and n.ino in unknown and n.kind != ENTRY_SYMLINK:
+                        self.links.setdefault(n.ino, set()).add(p)
+            for ino, rels in hits.items():
+                names = self.links.setdefault(ino, set())
+                names |= rels
+                for other in sorted(names - done):
+                    done.add(other)
+                    self._scan_path(other, recursive=False)
+                    node = lookup(self.root, other)
+                    if node is None or node.__class__ is not FileNode or node.ino != ino:
+                        names.discard(other)  # gone, or no longer this inode
 
     # --- bookkeeping --------------------------------------------------------------------------
     @staticmethod
@@ -161,6 +194,11 @@ class Scanner:
             prefix = path + b"/"
             for p in [p for p in self.changed if p.startswith(prefix)]:
                 del self.changed[p]
+            self._removed_files.extend(
+                n for _, n in walk(old) if n.__class__ is FileNode and n.kind != ENTRY_SYMLINK
+            )
+        elif old.kind != ENTRY_SYMLINK:
+            self._removed_files.append(old)
         self._invalidate(chain)
         if path == IGNORE_FILE:
             self.ignore_file_changed = True
@@ -222,6 +260,8 @@ class Scanner:
                     seen.add(name)
                     stats.files += 1
                     stats.bytes += st.st_size
+                    if st.st_nlink > 1:
+                        self.found_links.setdefault(st.st_ino, set()).add(path)
                     if (
                         old is not None
                         and old.__class__ is FileNode
@@ -235,7 +275,7 @@ class Scanner:
                     ):
                         continue
                     self._invalidate(chain)
-                    self._candidates.append((path, name, node, list(chain), old))
+                    self._candidates.append((path, name, node, list(chain), old, st))
                     if old is None:
                         new_files += 1
                 elif fmt == stat.S_IFDIR:
@@ -406,6 +446,8 @@ class Scanner:
                 finally:
                     os.close(cfd)
         elif fmt == stat.S_IFREG:
+            if st.st_nlink > 1 or st.st_ino in self.links:
+                self._link_hits.setdefault(st.st_ino, set()).add(rel)
             if (
                 old is not None
                 and old.__class__ is FileNode
@@ -419,7 +461,7 @@ class Scanner:
             ):
                 return
             self._invalidate(chain)
-            self._candidates.append((rel, name, parent, list(chain), old))
+            self._candidates.append((rel, name, parent, list(chain), old, st))
         elif fmt == stat.S_IFLNK:
             try:
                 target = os.readlink(name, dir_fd=pfd)
@@ -447,12 +489,16 @@ class Scanner:
         cands, self._candidates = self._candidates, []
         if not cands:
             return
+        cands = self._reuse_moved(cands)
+        results: list = []
         if self.pool is not None and len(cands) >= PARALLEL_MIN:
-            results = list(self.pool.map(self._ingest_safe, cands))
+            # Bounded batches: submitting 100k futures at once costs more memory than the index.
+            for i in range(0, len(cands), INGEST_BATCH):
+                results += self.pool.map(self._ingest_safe, cands[i : i + INGEST_BATCH])
         else:
             results = [self._ingest_safe(c) for c in cands]
         rescan = []
-        for (path, name, parent, chain, _old), res in zip(cands, results, strict=True):
+        for (path, name, parent, chain, _old, _st), res in zip(cands, results, strict=True):
             if isinstance(res, FileNode):
                 self._set(parent, chain, name, path, res)
             elif res is None:
@@ -468,6 +514,40 @@ class Scanner:
             self._scan_path(path, recursive=True)
         if self._candidates:
             self._ingest_candidates()
+
+    def _reuse_moved(self, cands: list[tuple]) -> list[tuple]:
+        """Files that only moved (a renamed directory) keep their content: same inode and stat
+        data as a file read before means the same bytes, so they are not read again."""
+        new = [c for c in cands if c[4] is None]
+        if len(new) < REUSE_MIN:
+            return cands
+        by_ino: dict[int, FileNode] = {n.ino: n for n in self._removed_files}
+        for _, n in walk(self.root):
+            if n.__class__ is FileNode and n.kind != ENTRY_SYMLINK:
+                by_ino.setdefault(n.ino, n)
+        rest = []
+        for c in cands:
+            path, name, parent, chain, old, st = c
+            m = by_ino.get(st.st_ino) if old is None else None
+            if (
+                m is not None
+                and not m.racy
+                and m.size == st.st_size
+                and m.mtime_ns == st.st_mtime_ns
+                and m.ctime_ns == st.st_ctime_ns
+                and m.mode == st.st_mode & 0o7777
+            ):
+                self._set(
+                    parent,
+                    chain,
+                    name,
+                    path,
+                    FileNode(m.kind, m.mode, m.size, m.mtime_ns, m.ref, m.ctime_ns, m.ino, False),
+                )
+                self.stats.reused_moved += 1
+            else:
+                rest.append(c)
+        return rest
 
     def _ingest_safe(self, cand):
         try:
@@ -509,6 +589,7 @@ class Scanner:
                 return None
             if st2.st_ctime_ns >= time.time_ns() - HOT_NS and read_all(fd, st2.st_size) != data:
                 return None
+            hot = False  # the second read vouches for it
             base = old.ref if old is not None and old.kind == ENTRY_FILE else None
             ref = self.sink.put(KIND_DATA, data, base=base)
             kind = ENTRY_FILE
@@ -524,6 +605,7 @@ class Scanner:
             st2 = os.fstat(fd)
             if not _same(st1, st2) or total != st2.st_size:
                 return None
+            hot = st2.st_ctime_ns >= time.time_ns() - HOT_NS
             base = old.ref if old is not None and old.kind == ENTRY_CHUNKED else None
             ref = self.sink.put(
                 KIND_CHUNKLIST,
@@ -542,7 +624,9 @@ class Scanner:
             ref,
             st2.st_ctime_ns,
             st2.st_ino,
-            self._racy(st2),
+            # A large file written moments ago may be mid-write (a writer paused inside one
+            # large write() leaves size and mtime unchanged): read it again next time.
+            self._racy(st2) or hot,
         )
 
 

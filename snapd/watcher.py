@@ -19,10 +19,12 @@ uniquely named file in the root and waits until that file's creation event has c
 kernel queues events in order, so every change made before the call is then in the dirty set.
 Cookies are internal names: never stored, always removed.
 
-Limits (as for Watchman): a write through another name of a hard-linked file (outside the
-workspace, or another path inside it) and a write through a shared mmap produce no event for the
-workspace path; only a full scan (a workspace with watch=false) catches them. A directory moved
-out of the tree keeps its watches until it is deleted (they only cause spurious hints).
+Limits (as for Watchman): a write through a name outside the workspace of a hard-linked file,
+and a write through a shared mmap, produce no event for the workspace path; a full scan
+(snapshot(full=True), `snapd snapshot --full`, or a workspace with watch=false) catches them.
+Writes through another name inside the workspace are handled by the scanner, which re-checks
+every name of an inode it sees change. A directory moved out of the tree keeps its watches until
+it is deleted (they only cause spurious hints).
 """
 
 from __future__ import annotations

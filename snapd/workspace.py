@@ -155,6 +155,38 @@ def probe_fine_timestamps(rootfd: int) -> bool:
             os.unlink(name, dir_fd=rootfd)
 
 
+def check_placement(store: Store, real: str) -> None:
+    """A workspace may not contain the store, lie inside it, or overlap another workspace."""
+    store_root = os.path.realpath(store.root)
+    if _inside(store_root, real):
+        raise FailedPrecondition(
+            f"workspace {real} contains the snapd store ({store_root}); choose a directory "
+            "outside the store or move the store"
+        )
+    if _inside(real, store_root):
+        raise FailedPrecondition(f"workspace {real} is inside the snapd store")
+    for other in store.list_workspaces():
+        if other.path != real and (_inside(real, other.path) or _inside(other.path, real)):
+            raise FailedPrecondition(
+                f"workspace {real} overlaps workspace {other.path}; workspaces may not be "
+                "nested. Forget the other one first (snapd workspaces forget PATH) or pick "
+                "another directory"
+            )
+
+
+def remove_leftovers(rootfd: int) -> int:
+    """Delete snapd's own temporary names left in the root by a killed process."""
+    removed = 0
+    with os.scandir(rootfd) as it:
+        for de in it:
+            name = os.fsencode(de.name)
+            if name.startswith(INTERNAL_PREFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=rootfd)
+                    removed += 1
+    return removed
+
+
 class Workspace:
     """One workspace directory bound to a store. Thread-safe (operations are serialized)."""
 
@@ -174,7 +206,13 @@ class Workspace:
         self.pool = pool or default_pool()
         self.lock = threading.RLock()
         self.rootfd = open_root(path)
+        with contextlib.suppress(OSError):
+            remove_leftovers(self.rootfd)  # cookies, probes, restore temporaries of a crash
         self.fine_timestamps = probe_fine_timestamps(self.rootfd)
+        # Inode -> paths of files with several names inside the workspace: a write through one
+        # name changes them all, but a watcher or a hint reports only the name written.
+        self.links: dict[int, set[bytes]] = {}
+        self._links_known = False  # rebuilt by every full walk
         self._ignore_bytes: bytes | None = None
         self._pending_full = False
         self.excludes = Excludes(list(settings.exclude))
@@ -204,21 +242,7 @@ class Workspace:
         settings = settings or WorkspaceSettings()
         settings.validate()
         real = validate_workspace_path(path)
-        store_root = os.path.realpath(store.root)
-        if _inside(store_root, real):
-            raise FailedPrecondition(
-                f"workspace {real} contains the snapd store ({store_root}); choose a directory "
-                "outside the store or move the store"
-            )
-        if _inside(real, store_root):
-            raise FailedPrecondition(f"workspace {real} is inside the snapd store")
-        for other in store.list_workspaces():
-            if other.path != real and (_inside(real, other.path) or _inside(other.path, real)):
-                raise FailedPrecondition(
-                    f"workspace {real} overlaps workspace {other.path}; workspaces may not be "
-                    "nested. Close the other one first (snapd workspaces --forget) or pick "
-                    "another directory"
-                )
+        check_placement(store, real)
         rec = store.ensure_workspace(real, settings.to_dict())
         return cls(store, rec.id, real, settings, pool=pool)
 
@@ -296,15 +320,24 @@ class Workspace:
         return self._pending_full
 
     # --- snapshot -----------------------------------------------------------------------------
-    def _scan(self, sink, hints: Hints | None) -> tuple[bytes, IndexDelta, ScanStats]:
-        """Bring the index up to date; returns (root tree id, persisted-index delta, stats)."""
+    def _scan(
+        self, sink, hints: Hints | None, *, full: bool = False
+    ) -> tuple[bytes, IndexDelta, ScanStats]:
+        """Bring the index up to date; returns (root tree id, persisted-index delta, stats).
+
+        hints=None uses the watcher's dirty set when it has one, else walks the whole tree;
+        full=True always walks (it catches what no watcher sees, e.g. writes through a hard
+        link from outside the workspace or through a shared mmap).
+        """
         taken = None
         watcher = self.watcher
         if hints is None and watcher is not None and watcher.ready.is_set():
             watcher.barrier()
             taken = watcher.take()
-            if not taken.full:
+            if not taken.full and not full:
                 hints = Hints(taken.paths | self._racy_paths, taken.subtrees)
+        if full:
+            hints = None
         try:
             return self._scan_hinted(sink, hints)
         except BaseException:
@@ -316,7 +349,7 @@ class Workspace:
         excludes_changed = self._refresh_excludes()
         if excludes_changed and self.watcher is not None:
             self.watcher.rewatch()
-        full = hints is None or self._replace_index or excludes_changed
+        full = hints is None or self._replace_index or excludes_changed or not self._links_known
         scanner = Scanner(
             self.rootfd,
             self.root,
@@ -324,11 +357,14 @@ class Workspace:
             sink,
             fine_timestamps=self.fine_timestamps,
             pool=self.pool,
+            links=self.links,
         )
         if full:
             scanner.full()
+            self.links, self._links_known = scanner.found_links, True
         else:
             scanner.paths(hints.paths, hints.subtrees)
+        scanner.stats.scan = "full" if full else "hinted"
         scanners = [scanner]
         if scanner.ignore_file_changed and self._refresh_excludes():
             again = Scanner(
@@ -340,6 +376,7 @@ class Workspace:
                 pool=self.pool,
             )
             again.full()
+            self.links = again.found_links
             scanners.append(again)
         dirs: list[tuple[bytes, idx.Node]] = []
         root_id = encode_dirty(self.root, sink, dirs)
@@ -377,17 +414,21 @@ class Workspace:
         pinned: bool = False,
         hints: Hints | None = None,
         origin: str = "user",
+        full: bool = False,
     ) -> SnapshotRecord:
-        """Take a snapshot. hints=None walks the whole tree; otherwise only the hinted paths."""
+        """Take a snapshot: of the watcher's dirty paths when there is a watcher, of the
+        hinted paths when hints are given, of the whole tree otherwise or with full=True."""
         metadata = _check_metadata(metadata)
         t0 = time.perf_counter()
         with self.lock:
             self._check_open()
             with self.store.writer() as w:
                 try:
-                    root_id, delta, stats = self._scan(w, hints)
+                    root_id, delta, stats = self._scan(w, hints, full=full)
                     st = stats.as_dict()
                     st["logical_bytes"], st["total_files"] = self.root.subtree_totals()
+                    if self.watcher is not None:
+                        st["watcher"] = dict(self.watcher.counters)
                     st.update(
                         new_objects=w.new_objects,
                         new_bytes=w.new_bytes,
@@ -516,6 +557,7 @@ class Workspace:
                             delete_subtrees=sorted(removed),
                         ),
                         retention=self.settings.retention(),
+                        protect={target.id},  # the safety snapshot may push it out
                     )
                 except BaseException:
                     self._load_index()
@@ -562,8 +604,12 @@ class Workspace:
         self.store.set_pinned(rec.id, pinned)
         return self.store.get_snapshot(rec.id)
 
-    def delete_snapshot(self, snap_id: str) -> None:
+    def delete_snapshot(self, snap_id: str, *, force: bool = False) -> None:
         rec = self.get_snapshot(snap_id)
+        if rec.pinned and not force:
+            raise FailedPrecondition(
+                f"snapshot {rec.id} is pinned; unpin it first or delete it with force"
+            )
         self.store.delete_snapshot(rec.id)
 
 
@@ -579,6 +625,7 @@ def fork(
     src = store.find_snapshot(snapshot_id)
     if not isinstance(new_path, str) or not os.path.isabs(new_path):
         raise InvalidArgument(f"fork target {new_path!r} must be an absolute path")
+    created = False
     if os.path.lexists(new_path):
         if not os.path.isdir(new_path) or os.path.islink(new_path) or os.listdir(new_path):
             raise FailedPrecondition(f"fork target {new_path} exists and is not an empty directory")
@@ -586,11 +633,20 @@ def fork(
         parent = os.path.dirname(os.path.abspath(new_path))
         if not os.path.isdir(parent):
             raise NotFound(f"parent directory of fork target {new_path} does not exist")
+        # Refuse before creating anything (the check runs again, on the real path, at open).
+        check_placement(store, os.path.join(os.path.realpath(parent), os.path.basename(new_path)))
         os.mkdir(new_path, 0o755)
+        created = True
     if settings is None:
         origin_ws = store.get_workspace_by_id(src.workspace_id)
         settings = WorkspaceSettings.from_dict(origin_ws.settings if origin_ws else {})
-    ws = Workspace.open(store, new_path, settings, pool=pool)
+    try:
+        ws = Workspace.open(store, new_path, settings, pool=pool)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(new_path)
+        raise
     with ws.lock:
         planner = Planner(store, ws.excludes, Excludes(list(src.excludes)))
         with store.writer() as w:

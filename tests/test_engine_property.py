@@ -56,11 +56,10 @@ MAX_DEPTH = 3
 MAX_LARGE = 2  # large (chunked) contents per example: they dominate the run time
 
 
-# A write through one name of a hard-linked file is invisible to hints naming only that name
-# (and to the watcher, which reports only that name): the other names keep stale content. Until
-# the engine handles that (test_scanner_change_detection.py::test_write_through_one_hard_link_name),
-# hard links are only created in examples whose snapshots all walk the whole tree.
-HINTS_SEE_HARD_LINKS = False
+# A write through one name of a hard-linked file is reported (by the watcher, or a hint) for that
+# name only; the engine re-checks the inode's other names itself. Hard links are created in
+# every kind of example (set False to confine them to full-walk examples while debugging).
+HINTS_SEE_HARD_LINKS = True
 
 
 @dataclass

@@ -164,11 +164,6 @@ def test_hint_based_snapshot_equals_a_full_walk(tmp_path, store) -> None:
         ws.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug (reported): a write through one name of a hard-linked file is not "
-    "seen under its other names by a hint- or watcher-driven snapshot",
-)
 @pytest.mark.parametrize("driver", ["hints", "watcher"])
 def test_write_through_one_hard_link_name(open_ws, ws_dir, store, driver) -> None:
     ws = open_ws(ws_dir, keep_last=100, watch=driver == "watcher")

@@ -588,11 +588,6 @@ def test_nothing_changed_reads_nothing_and_scans_nothing(wws) -> None:
     assert rec.stats["files"] == 0, "a watcher-driven snapshot of an unchanged tree stats nothing"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="limit: a write through one hard link raises an inotify event for that name only; "
-    "other names of the same inode inside the workspace are not re-checked",
-)
 def test_hard_link_written_through_its_other_name(wws) -> None:
     _write(os.path.join(wws.path, "one"), b"before")
     os.link(os.path.join(wws.path, "one"), os.path.join(wws.path, "two"))

@@ -623,6 +623,7 @@ class Store:
         index: IndexDelta | None,
         durable: bool,
         retention: Retention | None,
+        protect: set[str] | None = None,
     ) -> SnapshotRecord | None:
         records = writer._take_pending()
         placed = self._append(records)
@@ -644,7 +645,7 @@ class Store:
             if snapshot is not None:
                 snap_id = _insert_snapshot(conn, workspace_id, snapshot, durable)
             if retention is not None:
-                _evict(conn, workspace_id, retention, time.time())
+                _evict(conn, workspace_id, retention, time.time(), protect or set())
             self._record_synced(conn, synced)
         return self.get_snapshot(snap_id) if snap_id else None
 
@@ -849,8 +850,12 @@ class ObjectWriter:
         index: IndexDelta | None = None,
         durable: bool = False,
         retention: Retention | None = None,
+        protect: set[str] | None = None,
     ) -> SnapshotRecord | None:
-        """Write what is pending, then commit everything in one transaction."""
+        """Write what is pending, then commit everything in one transaction.
+
+        retention evicts the workspace's snapshots it no longer keeps, except those in protect.
+        """
         return self.store._commit(
             self,
             workspace_id=workspace_id,
@@ -859,6 +864,7 @@ class ObjectWriter:
             index=index,
             durable=durable,
             retention=retention,
+            protect=protect,
         )
 
 
@@ -945,7 +951,9 @@ def _insert_snapshot(conn: sqlite3.Connection, ws_id: int, snap: NewSnapshot, du
     raise RuntimeError("could not allocate a unique snapshot id")
 
 
-def _evict(conn: sqlite3.Connection, ws_id: int, policy: Retention, now: float) -> list[str]:
+def _evict(
+    conn: sqlite3.Connection, ws_id: int, policy: Retention, now: float, protect: set[str]
+) -> list[str]:
     """Delete the workspace's snapshots that the retention policy no longer keeps."""
     rows = conn.execute(
         "SELECT id, created_at, durable, pinned, root_tree FROM snapshots WHERE workspace=? "
@@ -955,7 +963,7 @@ def _evict(conn: sqlite3.Connection, ws_id: int, policy: Retention, now: float) 
     evicted = []
     durable_seen = 0
     for i, (snap_id, created_at, durable, pinned, root) in enumerate(rows):
-        keep = i < policy.keep_last or pinned
+        keep = i < policy.keep_last or pinned or snap_id in protect
         if durable:
             durable_seen += 1
             if durable_seen <= policy.keep_durable or (
