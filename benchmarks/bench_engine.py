@@ -511,6 +511,13 @@ def render(result: BenchResult, out: TextIO = sys.stdout) -> None:
         f"snapd: store + workspace open {_fmt(ours.setup_s, 'ms')}; fine timestamps: "
         f"{ours.extra.get('fine_timestamps')}.",
     ]
+    st = ours.extra.get("store_stats")
+    if isinstance(st, dict):
+        notes.append(
+            f"snapd store.stats(): {st.get('objects')} objects, {st.get('packs')} pack(s), "
+            f"dedup ratio {st.get('dedup_ratio')}, compression ratio {st.get('compression_ratio')}"
+            f", garbage {st.get('garbage_bytes')} bytes."
+        )
     samples = [ours] + ([git] if git is not None else [])
     notes.append(
         f"first snapshot: median of {len(ours.first_samples_s)} sample(s), each into an empty "
