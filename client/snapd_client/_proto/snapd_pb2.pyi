@@ -161,7 +161,7 @@ class Snapshot(_message.Message):
     def __init__(self, id: _Optional[str] = ..., workspace_id: _Optional[int] = ..., parent_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., label: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., origin: _Optional[_Union[SnapshotOrigin, str]] = ..., durable: _Optional[bool] = ..., pinned: _Optional[bool] = ..., stats: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., excludes: _Optional[_Iterable[str]] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class CreateSnapshotRequest(_message.Message):
-    __slots__ = ("workspace_id", "label", "metadata", "durable", "pinned")
+    __slots__ = ("workspace_id", "label", "metadata", "durable", "pinned", "full_scan")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -174,12 +174,14 @@ class CreateSnapshotRequest(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     DURABLE_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
+    FULL_SCAN_FIELD_NUMBER: _ClassVar[int]
     workspace_id: int
     label: str
     metadata: _containers.ScalarMap[str, str]
     durable: bool
     pinned: bool
-    def __init__(self, workspace_id: _Optional[int] = ..., label: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., durable: _Optional[bool] = ..., pinned: _Optional[bool] = ...) -> None: ...
+    full_scan: bool
+    def __init__(self, workspace_id: _Optional[int] = ..., label: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., durable: _Optional[bool] = ..., pinned: _Optional[bool] = ..., full_scan: _Optional[bool] = ...) -> None: ...
 
 class CreateSnapshotResponse(_message.Message):
     __slots__ = ("snapshot",)
@@ -230,12 +232,14 @@ class UnpinSnapshotResponse(_message.Message):
     def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
 
 class DeleteSnapshotRequest(_message.Message):
-    __slots__ = ("workspace_id", "snapshot_id")
+    __slots__ = ("workspace_id", "snapshot_id", "force")
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     workspace_id: int
     snapshot_id: str
-    def __init__(self, workspace_id: _Optional[int] = ..., snapshot_id: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, workspace_id: _Optional[int] = ..., snapshot_id: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class DeleteSnapshotResponse(_message.Message):
     __slots__ = ()
@@ -464,12 +468,14 @@ class CollectGarbageResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[GarbageCollectionResult, _Mapping]] = ...) -> None: ...
 
 class VerifyStoreRequest(_message.Message):
-    __slots__ = ("sample", "snapshot_ids")
+    __slots__ = ("sample", "snapshot_ids", "repair")
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_IDS_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_FIELD_NUMBER: _ClassVar[int]
     sample: float
     snapshot_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, sample: _Optional[float] = ..., snapshot_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    repair: bool
+    def __init__(self, sample: _Optional[float] = ..., snapshot_ids: _Optional[_Iterable[str]] = ..., repair: _Optional[bool] = ...) -> None: ...
 
 class Problem(_message.Message):
     __slots__ = ("snapshot_id", "path", "object_id", "error")
@@ -484,7 +490,7 @@ class Problem(_message.Message):
     def __init__(self, snapshot_id: _Optional[str] = ..., path: _Optional[str] = ..., object_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class VerifyReport(_message.Message):
-    __slots__ = ("ok", "snapshots_checked", "objects_checked", "bytes_checked", "catalog_ok", "problems", "problem_count", "damaged_snapshots", "duration_seconds", "sample")
+    __slots__ = ("ok", "snapshots_checked", "objects_checked", "bytes_checked", "catalog_ok", "problems", "problem_count", "damaged_snapshots", "duration_seconds", "sample", "repair")
     OK_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     OBJECTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
@@ -495,6 +501,7 @@ class VerifyReport(_message.Message):
     DAMAGED_SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     snapshots_checked: int
     objects_checked: int
@@ -505,7 +512,22 @@ class VerifyReport(_message.Message):
     damaged_snapshots: _containers.RepeatedScalarFieldContainer[str]
     duration_seconds: float
     sample: float
-    def __init__(self, ok: _Optional[bool] = ..., snapshots_checked: _Optional[int] = ..., objects_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., catalog_ok: _Optional[bool] = ..., problems: _Optional[_Iterable[_Union[Problem, _Mapping]]] = ..., problem_count: _Optional[int] = ..., damaged_snapshots: _Optional[_Iterable[str]] = ..., duration_seconds: _Optional[float] = ..., sample: _Optional[float] = ...) -> None: ...
+    repair: RefcountRepair
+    def __init__(self, ok: _Optional[bool] = ..., snapshots_checked: _Optional[int] = ..., objects_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., catalog_ok: _Optional[bool] = ..., problems: _Optional[_Iterable[_Union[Problem, _Mapping]]] = ..., problem_count: _Optional[int] = ..., damaged_snapshots: _Optional[_Iterable[str]] = ..., duration_seconds: _Optional[float] = ..., sample: _Optional[float] = ..., repair: _Optional[_Union[RefcountRepair, _Mapping]] = ...) -> None: ...
+
+class RefcountRepair(_message.Message):
+    __slots__ = ("objects_fixed", "objects", "unreadable_objects", "missing_objects", "duration_seconds")
+    OBJECTS_FIXED_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    UNREADABLE_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    objects_fixed: int
+    objects: int
+    unreadable_objects: _containers.RepeatedScalarFieldContainer[str]
+    missing_objects: _containers.RepeatedScalarFieldContainer[str]
+    duration_seconds: float
+    def __init__(self, objects_fixed: _Optional[int] = ..., objects: _Optional[int] = ..., unreadable_objects: _Optional[_Iterable[str]] = ..., missing_objects: _Optional[_Iterable[str]] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
 
 class VerifyStoreResponse(_message.Message):
     __slots__ = ("progress", "report")
@@ -542,7 +564,7 @@ class StoreStats(_message.Message):
     def __init__(self, logical_bytes: _Optional[int] = ..., unique_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., dedup_ratio: _Optional[float] = ..., compression_ratio: _Optional[float] = ..., objects: _Optional[int] = ..., packs: _Optional[int] = ..., garbage_bytes: _Optional[int] = ..., snapshots: _Optional[int] = ..., workspaces: _Optional[int] = ..., all: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class WorkspaceStats(_message.Message):
-    __slots__ = ("workspace_id", "path", "snapshots", "durable_snapshots", "pinned_snapshots", "latest_snapshot_id", "latest_create_time", "open", "latest_snapshot_stats")
+    __slots__ = ("workspace_id", "path", "snapshots", "durable_snapshots", "pinned_snapshots", "latest_snapshot_id", "latest_create_time", "open", "latest_snapshot_stats", "watcher")
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
@@ -552,6 +574,7 @@ class WorkspaceStats(_message.Message):
     LATEST_CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     OPEN_FIELD_NUMBER: _ClassVar[int]
     LATEST_SNAPSHOT_STATS_FIELD_NUMBER: _ClassVar[int]
+    WATCHER_FIELD_NUMBER: _ClassVar[int]
     workspace_id: int
     path: str
     snapshots: int
@@ -561,7 +584,8 @@ class WorkspaceStats(_message.Message):
     latest_create_time: _timestamp_pb2.Timestamp
     open: bool
     latest_snapshot_stats: _struct_pb2.Struct
-    def __init__(self, workspace_id: _Optional[int] = ..., path: _Optional[str] = ..., snapshots: _Optional[int] = ..., durable_snapshots: _Optional[int] = ..., pinned_snapshots: _Optional[int] = ..., latest_snapshot_id: _Optional[str] = ..., latest_create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., open: _Optional[bool] = ..., latest_snapshot_stats: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    watcher: _struct_pb2.Struct
+    def __init__(self, workspace_id: _Optional[int] = ..., path: _Optional[str] = ..., snapshots: _Optional[int] = ..., durable_snapshots: _Optional[int] = ..., pinned_snapshots: _Optional[int] = ..., latest_snapshot_id: _Optional[str] = ..., latest_create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., open: _Optional[bool] = ..., latest_snapshot_stats: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., watcher: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class DaemonInfo(_message.Message):
     __slots__ = ("version", "uptime_seconds", "calls_in_flight", "open_workspaces")
