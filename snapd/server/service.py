@@ -30,7 +30,7 @@ from snapd_client._proto import snapd_pb2_grpc as pb_grpc
 
 from .. import browse
 from ..diff import diff_trees
-from ..errors import InvalidArgument, NotFound
+from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..store.store import Store
 from . import convert
 from .errors import ErrorMapper
@@ -304,6 +304,7 @@ class Service(pb_grpc.SnapdServiceServicer):
             dict(request.metadata),
             durable=request.durable,
             pinned=request.pinned,
+            full=request.full_scan,
         )
         # Evicted snapshots leave garbage too; the collector finds it on its next round (not
         # poked here: a poke per snapshot would cost every snapshot a garbage query).
@@ -368,7 +369,17 @@ class Service(pb_grpc.SnapdServiceServicer):
     def DeleteSnapshot(self, request, context, call):
         rec = self._find(request.snapshot_id, request.workspace_id)
         call.workspace = rec.workspace_id
-        self.store.delete_snapshot(rec.id)
+        ws = self.registry.peek(rec.workspace_id)
+        if ws is not None:
+            ws.delete_snapshot(rec.id, force=request.force)  # the engine's rule (pinned: force)
+        else:
+            # Not opened here on purpose: opening needs the directory, which may be gone, and
+            # starts a watcher just to delete. The same rule as Workspace.delete_snapshot.
+            if rec.pinned and not request.force:
+                raise FailedPrecondition(
+                    f"snapshot {rec.id} is pinned; unpin it first or delete it with force"
+                )
+            self.store.delete_snapshot(rec.id)
         self._on_garbage()
         return pb.DeleteSnapshotResponse()
 
@@ -483,18 +494,24 @@ class Service(pb_grpc.SnapdServiceServicer):
 
     @_stream
     def VerifyStore(self, request, context, call):
-        from ..store import verify
-
         sample = request.sample or 1.0
         if not 0.0 < sample <= 1.0:
             raise InvalidArgument("sample must be a fraction in (0, 1]")
         ids = list(request.snapshot_ids) or None
-        for kind, value in self._with_progress(
-            verify.verify, "verify", store=self.store, sample=sample, snapshot_ids=ids
+        for kind, result in self._with_progress(
+            _verify_and_repair,
+            "verify",
+            store=self.store,
+            sample=sample,
+            snapshot_ids=ids,
+            repair=request.repair,
         ):
             if kind == "progress":
-                yield pb.VerifyStoreResponse(progress=_progress(value))
+                yield pb.VerifyStoreResponse(progress=_progress(result))
                 continue
+            value, repaired = result
+            if repaired is not None and repaired["objects_fixed"]:
+                self._on_garbage()  # counts that dropped to zero are garbage now
             problems = value.problems
             yield pb.VerifyStoreResponse(
                 report=pb.VerifyReport(
@@ -516,6 +533,7 @@ class Service(pb_grpc.SnapdServiceServicer):
                     damaged_snapshots=list(getattr(value, "damaged_snapshots", [])),
                     duration_seconds=float(getattr(value, "duration_s", 0.0)),
                     sample=sample,
+                    repair=_repair_msg(repaired) if repaired is not None else None,
                 )
             )
 
@@ -558,12 +576,46 @@ class Service(pb_grpc.SnapdServiceServicer):
                     w.latest_snapshot_id = snaps[0].id
                     convert.set_time(w.latest_create_time, snaps[0].created_at)
                     convert.set_struct(w.latest_snapshot_stats, snaps[0].stats)
+                counters = self.registry.watcher_counters(rec.id)
+                if counters is not None:
+                    convert.set_struct(w.watcher, counters)
         d = resp.daemon
         d.version = self.version
         d.uptime_seconds = time.time() - self.state.started
         d.calls_in_flight = self.state.in_flight
         d.open_workspaces = self.registry.count()
         return resp
+
+
+def _verify_and_repair(
+    *,
+    store: Store,
+    sample: float,
+    snapshot_ids: list[str] | None,
+    repair: bool,
+    progress: Callable[[dict], None],
+) -> tuple[Any, dict | None]:
+    """verify.verify, then (with repair) verify.recount_refs: (report, repair result or None)."""
+    from ..store import verify
+
+    report = verify.verify(store, sample=sample, snapshot_ids=snapshot_ids, progress=progress)
+    if not repair:
+        return report, None
+    progress({"phase": "repair"})
+    t0 = time.monotonic()
+    repaired = verify.recount_refs(store)
+    repaired["duration_s"] = time.monotonic() - t0
+    return report, repaired
+
+
+def _repair_msg(d: dict) -> pb.RefcountRepair:
+    return pb.RefcountRepair(
+        objects_fixed=int(d.get("objects_fixed", 0)),
+        objects=int(d.get("objects", 0)),
+        unreadable_objects=[str(x) for x in d.get("unreadable", [])],
+        missing_objects=[str(x) for x in d.get("missing_referenced", [])],
+        duration_seconds=float(d.get("duration_s", 0.0)),
+    )
 
 
 def _progress(d: dict) -> pb.Progress:

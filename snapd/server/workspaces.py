@@ -58,6 +58,20 @@ class Registry:
                 self._open[ws_id] = ws
             return ws
 
+    def peek(self, ws_id: int) -> Workspace | None:
+        """The workspace if the daemon holds it open; never opens it."""
+        ws = self._open.get(ws_id)
+        return ws if ws is not None and not ws.closed else None
+
+    def watcher_counters(self, ws_id: int) -> dict | None:
+        """A copy of the open workspace's file watcher counters; None if it is not open or
+        has no watcher."""
+        ws = self.peek(ws_id)
+        watcher = ws.watcher if ws is not None else None
+        if watcher is None:
+            return None
+        return dict(watcher.counters)
+
     def is_open(self, ws_id: int) -> bool:
         ws = self._open.get(ws_id)
         return ws is not None and not ws.closed
