@@ -173,14 +173,18 @@ class AsyncClient:
         metadata: dict[str, str] | None = None,
         durable: bool = False,
         pinned: bool = False,
+        full: bool = False,
         timeout: float | None = None,
     ) -> t.Snapshot:
+        """full=True walks the whole tree even when the file watcher is on (catches writes it
+        cannot see: through a hard link from outside the workspace, through a shared mmap)."""
         req = pb.CreateSnapshotRequest(
             workspace_id=workspace_id,
             label=label,
             metadata=metadata or {},
             durable=durable,
             pinned=pinned,
+            full_scan=full,
         )
         return t.Snapshot.from_pb((await self._unary("CreateSnapshot", req, timeout)).snapshot)
 
@@ -225,9 +229,17 @@ class AsyncClient:
         return t.Snapshot.from_pb((await self._unary("UnpinSnapshot", req, timeout)).snapshot)
 
     async def delete_snapshot(
-        self, snapshot_id: str, *, workspace_id: int = 0, timeout: float | None = None
+        self,
+        snapshot_id: str,
+        *,
+        workspace_id: int = 0,
+        force: bool = False,
+        timeout: float | None = None,
     ) -> None:
-        req = pb.DeleteSnapshotRequest(workspace_id=workspace_id, snapshot_id=snapshot_id)
+        """Delete a snapshot now. A pinned one needs force=True (else FailedPreconditionError)."""
+        req = pb.DeleteSnapshotRequest(
+            workspace_id=workspace_id, snapshot_id=snapshot_id, force=force
+        )
         await self._unary("DeleteSnapshot", req, timeout)
 
     async def get_snapshot(
@@ -377,10 +389,13 @@ class AsyncClient:
         *,
         sample: float = 1.0,
         snapshot_ids: list[str] | None = None,
+        repair: bool = False,
         progress: AsyncProgressCallback | None = None,
         timeout: float | None = None,
     ) -> t.VerifyReport:
-        req = pb.VerifyStoreRequest(sample=sample, snapshot_ids=snapshot_ids or [])
+        """Check stored objects against their content addresses. repair=True then recomputes
+        every reference count and fixes the catalog (report.repair says what it fixed)."""
+        req = pb.VerifyStoreRequest(sample=sample, snapshot_ids=snapshot_ids or [], repair=repair)
         report = None
         async for msg in self._stream("VerifyStore", req, timeout):
             if msg.HasField("progress") and progress is not None:
@@ -428,10 +443,18 @@ class AsyncWorkspace:
         metadata: dict[str, str] | None = None,
         durable: bool = False,
         pinned: bool = False,
+        full: bool = False,
         timeout: float | None = None,
     ) -> t.Snapshot:
+        """Take a snapshot; full=True walks the whole tree even with the file watcher on."""
         return await self.client.snapshot(
-            self.id, label, metadata=metadata, durable=durable, pinned=pinned, timeout=timeout
+            self.id,
+            label,
+            metadata=metadata,
+            durable=durable,
+            pinned=pinned,
+            full=full,
+            timeout=timeout,
         )
 
     async def restore(
@@ -455,8 +478,13 @@ class AsyncWorkspace:
     async def unpin(self, snapshot_id: str, *, timeout: float | None = None) -> t.Snapshot:
         return await self.client.unpin(snapshot_id, workspace_id=self.id, timeout=timeout)
 
-    async def delete_snapshot(self, snapshot_id: str, *, timeout: float | None = None) -> None:
-        await self.client.delete_snapshot(snapshot_id, workspace_id=self.id, timeout=timeout)
+    async def delete_snapshot(
+        self, snapshot_id: str, *, force: bool = False, timeout: float | None = None
+    ) -> None:
+        """Delete a snapshot now. A pinned one needs force=True."""
+        await self.client.delete_snapshot(
+            snapshot_id, workspace_id=self.id, force=force, timeout=timeout
+        )
 
     async def get_snapshot(self, snapshot_id: str, *, timeout: float | None = None) -> t.Snapshot:
         return await self.client.get_snapshot(snapshot_id, workspace_id=self.id, timeout=timeout)

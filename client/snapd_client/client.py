@@ -180,14 +180,18 @@ class Client:
         metadata: dict[str, str] | None = None,
         durable: bool = False,
         pinned: bool = False,
+        full: bool = False,
         timeout: float | None = None,
     ) -> t.Snapshot:
+        """full=True walks the whole tree even when the file watcher is on (catches writes it
+        cannot see: through a hard link from outside the workspace, through a shared mmap)."""
         req = pb.CreateSnapshotRequest(
             workspace_id=workspace_id,
             label=label,
             metadata=metadata or {},
             durable=durable,
             pinned=pinned,
+            full_scan=full,
         )
         return t.Snapshot.from_pb(self._unary("CreateSnapshot", req, timeout).snapshot)
 
@@ -232,9 +236,17 @@ class Client:
         return t.Snapshot.from_pb(self._unary("UnpinSnapshot", req, timeout).snapshot)
 
     def delete_snapshot(
-        self, snapshot_id: str, *, workspace_id: int = 0, timeout: float | None = None
+        self,
+        snapshot_id: str,
+        *,
+        workspace_id: int = 0,
+        force: bool = False,
+        timeout: float | None = None,
     ) -> None:
-        req = pb.DeleteSnapshotRequest(workspace_id=workspace_id, snapshot_id=snapshot_id)
+        """Delete a snapshot now. A pinned one needs force=True (else FailedPreconditionError)."""
+        req = pb.DeleteSnapshotRequest(
+            workspace_id=workspace_id, snapshot_id=snapshot_id, force=force
+        )
         self._unary("DeleteSnapshot", req, timeout)
 
     def get_snapshot(
@@ -386,10 +398,13 @@ class Client:
         *,
         sample: float = 1.0,
         snapshot_ids: list[str] | None = None,
+        repair: bool = False,
         progress: ProgressCallback | None = None,
         timeout: float | None = None,
     ) -> t.VerifyReport:
-        req = pb.VerifyStoreRequest(sample=sample, snapshot_ids=snapshot_ids or [])
+        """Check stored objects against their content addresses. repair=True then recomputes
+        every reference count and fixes the catalog (report.repair says what it fixed)."""
+        req = pb.VerifyStoreRequest(sample=sample, snapshot_ids=snapshot_ids or [], repair=repair)
         report = None
         for msg in self._stream("VerifyStore", req, timeout):
             if msg.HasField("progress") and progress is not None:
@@ -436,10 +451,18 @@ class Workspace:
         metadata: dict[str, str] | None = None,
         durable: bool = False,
         pinned: bool = False,
+        full: bool = False,
         timeout: float | None = None,
     ) -> t.Snapshot:
+        """Take a snapshot; full=True walks the whole tree even with the file watcher on."""
         return self.client.snapshot(
-            self.id, label, metadata=metadata, durable=durable, pinned=pinned, timeout=timeout
+            self.id,
+            label,
+            metadata=metadata,
+            durable=durable,
+            pinned=pinned,
+            full=full,
+            timeout=timeout,
         )
 
     def restore(
@@ -461,8 +484,11 @@ class Workspace:
     def unpin(self, snapshot_id: str, *, timeout: float | None = None) -> t.Snapshot:
         return self.client.unpin(snapshot_id, workspace_id=self.id, timeout=timeout)
 
-    def delete_snapshot(self, snapshot_id: str, *, timeout: float | None = None) -> None:
-        self.client.delete_snapshot(snapshot_id, workspace_id=self.id, timeout=timeout)
+    def delete_snapshot(
+        self, snapshot_id: str, *, force: bool = False, timeout: float | None = None
+    ) -> None:
+        """Delete a snapshot now. A pinned one needs force=True."""
+        self.client.delete_snapshot(snapshot_id, workspace_id=self.id, force=force, timeout=timeout)
 
     def get_snapshot(self, snapshot_id: str, *, timeout: float | None = None) -> t.Snapshot:
         return self.client.get_snapshot(snapshot_id, workspace_id=self.id, timeout=timeout)

@@ -287,6 +287,27 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class RefcountRepair:
+    """What verify(repair=True) did: every reference count recomputed, the wrong ones fixed."""
+
+    objects_fixed: int
+    objects: int
+    unreadable_objects: list[str]  # hex ids of trees/chunk lists that could not be read
+    missing_objects: list[str]  # hex ids referenced but absent from the catalog
+    duration_s: float
+
+    @classmethod
+    def from_pb(cls, m: pb.RefcountRepair) -> RefcountRepair:
+        return cls(
+            objects_fixed=m.objects_fixed,
+            objects=m.objects,
+            unreadable_objects=list(m.unreadable_objects),
+            missing_objects=list(m.missing_objects),
+            duration_s=m.duration_seconds,
+        )
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     ok: bool
     snapshots_checked: int
@@ -298,6 +319,7 @@ class VerifyReport:
     damaged_snapshots: list[str]
     duration_s: float
     sample: float
+    repair: RefcountRepair | None = None  # set when verify ran with repair=True
 
     @classmethod
     def from_pb(cls, m: pb.VerifyReport) -> VerifyReport:
@@ -312,6 +334,7 @@ class VerifyReport:
             damaged_snapshots=list(m.damaged_snapshots),
             duration_s=m.duration_seconds,
             sample=m.sample,
+            repair=RefcountRepair.from_pb(m.repair) if m.HasField("repair") else None,
         )
 
 
@@ -326,6 +349,9 @@ class WorkspaceStats:
     latest_created_at: float | None
     open: bool
     latest_snapshot_stats: dict[str, Any]
+    # The file watcher's counters (events, overflows, watches, rescans_full, ...); None when
+    # the workspace is not open in the daemon or has no watcher.
+    watcher: dict[str, Any] | None = None
 
     @classmethod
     def from_pb(cls, m: pb.WorkspaceStats) -> WorkspaceStats:
@@ -339,6 +365,7 @@ class WorkspaceStats:
             latest_created_at=_time(m.latest_create_time) if m.latest_snapshot_id else None,
             open=m.open,
             latest_snapshot_stats=_struct(m.latest_snapshot_stats),
+            watcher=_struct(m.watcher) if m.HasField("watcher") else None,
         )
 
 
