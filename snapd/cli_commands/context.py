@@ -70,10 +70,16 @@ class Context:
             if path is not None and not os.path.exists(path):
                 # Fail at once instead of retrying calls against a daemon that is not there.
                 client.close()
+                where = f"{path} (the socket does not exist)"
+                if self.socket is None and not os.environ.get("SNAPD_SOCKET"):
+                    # The default also looks for the system unit's socket: say so.
+                    from snapd_client._target import system_socket_path
+
+                    system = system_socket_path()
+                    if system is not None and system != path:
+                        where = f"{path} or {system} (neither socket exists)"
                 raise CliError(
-                    "UNAVAILABLE",
-                    f"no snapd daemon is running at {path} (the socket does not exist); "
-                    + START_HINT,
+                    "UNAVAILABLE", f"no snapd daemon is running at {where}; " + START_HINT
                 )
             self._client = client
         return self._client

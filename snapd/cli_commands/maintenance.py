@@ -22,6 +22,18 @@ STORE_KEYS = [
     "workspaces",
 ]
 PROBLEMS_SHOWN = 50
+# File watcher counters shown first, in this order; any others the daemon reports follow.
+WATCHER_KEYS = [
+    "watches",
+    "events",
+    "overflows",
+    "rescans_full",
+    "rescans_subtree",
+    "watch_limit_errors",
+    "unwatched_dirs",
+    "restarts",
+    "no_inotify",
+]
 
 
 def _gc_progress(p) -> tuple[str, int | None, int]:
@@ -62,6 +74,8 @@ def cmd_gc(ctx: Context) -> int:
 
 def _verify_progress(p) -> tuple[str, int | None, int]:
     c = p.counters
+    if p.phase == "repair":
+        return "recounting references", None, 0
     detail = f"{c.get('objects_checked', 0)} objects checked, {c.get('problems', 0)} problems"
     total = c.get("snapshots")
     return detail, int(total) if total is not None else None, int(c.get("snapshots_done", 0))
@@ -70,11 +84,14 @@ def _verify_progress(p) -> tuple[str, int | None, int]:
 def cmd_verify(ctx: Context) -> int:
     ids = [ctx.snapshot_id(s) for s in ctx.args.snapshot_ids or []]
     with ctx.progress("verify", _verify_progress) as progress:
-        report = ctx.client.verify(sample=ctx.args.sample, snapshot_ids=ids, progress=progress)
+        report = ctx.client.verify(
+            sample=ctx.args.sample, snapshot_ids=ids, repair=ctx.args.repair, progress=progress
+        )
         if progress is not None:
             progress.finish(
                 f"{report.objects_checked} objects checked, {report.problem_count} problems"
             )
+    # The exit status is the verification's; a repair changes counts, not data.
     status = exitcodes.OK if report.ok else exitcodes.DATA_LOSS
     if ctx.json:
         ctx.emit({"report": report})
@@ -91,6 +108,18 @@ def cmd_verify(ctx: Context) -> int:
     if report.damaged_snapshots:
         rows.append(("damaged snapshots", ", ".join(report.damaged_snapshots)))
     ctx.out(render.key_values(rows, title="verify"))
+    if report.repair is not None:
+        r = report.repair
+        rows = [
+            ("reference counts fixed", f"{r.objects_fixed} of {r.objects} objects"),
+            ("took", f"{r.duration_s:.3f} s"),
+        ]
+        if r.unreadable_objects:
+            rows.append(("unreadable (not counted)", ", ".join(r.unreadable_objects)))
+        if r.missing_objects:
+            rows.append(("referenced but missing", ", ".join(r.missing_objects)))
+        ctx.out()
+        ctx.out(render.key_values(rows, title="repair"))
     if report.problems:
         t = render.table("SNAPSHOT", "PATH", "OBJECT", "ERROR", title="problems")
         for pr in report.problems[:PROBLEMS_SHOWN]:
@@ -139,6 +168,17 @@ def cmd_stats(ctx: Context) -> int:
                 w.latest_snapshot_id or "-",
                 render.when(w.latest_created_at),
                 "open" if w.open else "closed",
+            )
+        ctx.out(t)
+        ctx.out()
+    watched = [w for w in stats.workspaces if w.watcher is not None]
+    if watched:
+        keys = [k for k in WATCHER_KEYS if any(k in w.watcher for w in watched)]
+        keys += sorted({k for w in watched for k in w.watcher} - set(WATCHER_KEYS))
+        t = render.table("ID", *(k.replace("_", " ").upper() for k in keys), title="file watchers")
+        for w in watched:
+            t.add_row(
+                str(w.workspace_id), *(render.stat_value(k, w.watcher.get(k, "-")) for k in keys)
             )
         ctx.out(t)
         ctx.out()

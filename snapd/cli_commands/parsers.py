@@ -327,6 +327,12 @@ def register_snapshot(sub: argparse._SubParsersAction) -> None:
         "--durable", action="store_true", help="commit to stable storage before answering"
     )
     p.add_argument("--pin", action="store_true", help="keep it regardless of retention")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="walk the whole tree even with the file watcher on (catches writes the watcher "
+        "cannot see: through a hard link from outside the workspace, a shared mmap)",
+    )
     p.set_defaults(func=lazy("snapshots", "cmd_snapshot"))
 
 
@@ -431,7 +437,8 @@ def register_verify(sub: argparse._SubParsersAction) -> None:
         "verify",
         "check stored data against its content addresses",
         "Verify the store: every tree, and all (or a sample of) file contents. Exits 6 when "
-        "it finds problems.",
+        "it finds problems. --repair then recomputes every object's reference count and "
+        "fixes the wrong ones (store-wide; snapshots wait meanwhile).",
         workspace=False,
     )
     p.add_argument(
@@ -448,6 +455,11 @@ def register_verify(sub: argparse._SubParsersAction) -> None:
         metavar="ID",
         help="only this snapshot (repeat)",
     )
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="after verifying, recompute reference counts and fix the catalog",
+    )
     _progress_option(p)
     p.set_defaults(func=lazy("maintenance", "cmd_verify"))
 
@@ -457,8 +469,9 @@ def register_stats(sub: argparse._SubParsersAction) -> None:
         sub,
         "stats",
         "store, workspace and daemon statistics",
-        "Store-wide figures (sizes, dedup and compression), per-workspace counts, and the "
-        "daemon's. Without --workspace, every workspace.",
+        "Store-wide figures (sizes, dedup and compression), per-workspace counts, the file "
+        "watcher counters of open workspaces, and the daemon's. Without --workspace, every "
+        "workspace.",
     )
     p.add_argument(
         "--no-store", action="store_true", help="skip the store-wide figures (they walk the store)"

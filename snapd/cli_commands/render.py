@@ -84,6 +84,18 @@ def key_values(rows: list[tuple[str, Any]], title: str | None = None) -> Table:
     return t
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested statistics as one level, with dotted keys ("watcher.events")."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
 def stat_value(key: str, value: Any) -> str:
     """A snapshot/store statistic, with sizes in readable units."""
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -94,7 +94,8 @@ def cmd_show(ctx: Context) -> int:
         ctx.out(render.key_values(sorted(snap.metadata.items()), title="metadata"))
     if snap.stats:
         ctx.out()
-        stats = [(k, render.stat_value(k, v)) for k, v in sorted(snap.stats.items())]
+        flat = sorted(render.flatten(snap.stats).items())
+        stats = [(k, render.stat_value(k, v)) for k, v in flat]
         ctx.out(render.key_values(stats, title="stats"))
     return 0
 
@@ -108,6 +109,7 @@ def cmd_snapshot(ctx: Context) -> int:
         metadata=dict(ctx.args.meta),
         durable=ctx.args.durable,
         pinned=ctx.args.pin,
+        full=ctx.args.full,
     )
     if ctx.json:
         ctx.emit({"snapshot": snap})
@@ -145,17 +147,22 @@ def cmd_rm(ctx: Context) -> int:
         ctx.client.get_snapshot(ctx.snapshot_id(ref), workspace_id=scope)
         for ref in ctx.args.snapshots
     ]
-    pinned = [s.id for s in snaps if s.pinned]
+    # Checked here as well as by the daemon, so that nothing is deleted when any is pinned.
+    pinned = list(dict.fromkeys(s.id for s in snaps if s.pinned))
     if pinned and not ctx.args.force:
+        if len(pinned) == 1:
+            what, them = f"snapshot {pinned[0]} is", "it"
+        else:
+            what, them = f"snapshots {', '.join(pinned)} are", "them"
         raise CliError(
             "FAILED_PRECONDITION",
-            f"snapshot {', '.join(pinned)} is pinned; unpin it or pass --force",
+            f"{what} pinned; unpin {them} first or delete {them} with --force",
         )
     deleted: list[str] = []
     for s in snaps:
         if s.id in deleted:
             continue
-        ctx.client.delete_snapshot(s.id, workspace_id=s.workspace_id)
+        ctx.client.delete_snapshot(s.id, workspace_id=s.workspace_id, force=ctx.args.force)
         deleted.append(s.id)
         if not ctx.json:
             ctx.out(f"deleted {s.id}")
