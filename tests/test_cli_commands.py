@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import treeutil
+from snapd_client import FailedPreconditionError
 
 from snapd import cli as snapd_cli
 from snapd.cli_commands import REGISTER
@@ -187,6 +188,16 @@ def test_snapshot_log_show(cli, client, ws) -> None:
     text = cli("show", "latest~2", cwd=ws.path).text
     assert re.search(rf"id\s+{first['id']}", text) and re.search(r"label\s+step 1", text)
     assert re.search(r"agent\s+a=b", text) and re.search(r"total_files\s+4", text)
+
+
+def test_snapshot_full_walks_the_whole_tree(cli, client, ws) -> None:
+    ws.snapshot()
+    full = cli("snapshot", "--full", "--json", "-w", ws.path).json()["snapshot"]
+    assert full["stats"]["scan"] == "full"
+    # show flattens the nested watcher counters into dotted names.
+    text = cli("show", full["id"]).text
+    assert re.search(r"scan\s+full", text) and re.search(r"watcher\.events\s+\d+", text)
+    assert "{" not in text
 
 
 def test_unknown_and_malformed_snapshot_ids(cli, ws) -> None:
@@ -357,7 +368,11 @@ def test_persist_pin_unpin_rm(cli, client, ws) -> None:
     assert client.get_snapshot(s).pinned and client.get_snapshot(s).durable
 
     refused = cli("rm", s, "--json", expect=4).json()["error"]
-    assert refused["code"] == "FAILED_PRECONDITION" and "pinned" in refused["message"]
+    assert refused["code"] == "FAILED_PRECONDITION"
+    assert refused["message"] == f"snapshot {s} is pinned; unpin it first or delete it with --force"
+    # The daemon applies the same rule to callers that skip the CLI's own check.
+    with pytest.raises(FailedPreconditionError):
+        client.delete_snapshot(s)
     assert cli("unpin", s, "--json").json()["snapshot"]["pinned"] is False
 
     # Several at once, a pinned one with --force; an unknown id among them deletes nothing.
@@ -384,6 +399,16 @@ def test_gc_verify_stats(cli, ws) -> None:
     text = cli("stats", "--no-store", "-w", ws.path).text  # one workspace, no store walk
     assert re.search(rf"{ws.id}\s+{re.escape(ws.path)}\s+1\s+0\s+0\s+{s}", text)
     assert "dedup_ratio" not in text and "version" in text
+    # The watcher counters of the open workspace: a table row, and a dict in --json.
+    assert re.search(r"file watchers", text) and re.search(r"ID\s+WATCHES\s+EVENTS", text)
+    assert re.search(rf"(?m)^{ws.id}\s+\d+\s+\d+", text.split("file watchers", 1)[1])
+    (mine,) = [w for w in stats["workspaces"] if w["workspace_id"] == ws.id]
+    assert mine["watcher"]["watches"] >= 1 and "rescans_full" in mine["watcher"]
+
+    repaired = cli("verify", "--repair", "--json").json()["report"]
+    assert repaired["ok"] and repaired["repair"]["objects_fixed"] == 0
+    assert repaired["repair"]["objects"] > 0
+    assert cli("verify", "--json").json()["report"]["repair"] is None
 
 
 def run_with_terminal_stderr(socket: str, *args: str) -> tuple[int, str, str]:
@@ -457,12 +482,51 @@ def test_damaged_store_exits_6() -> None:
 
         text = run_cli(d.socket, "verify", expect=6).text
         assert re.search(rf"{s}\s+big\.bin\s+[0-9a-f]+\s+.*corrupt", text)
+        # --repair does not change the verdict (nor its exit code), and says what it did.
+        repaired = run_cli(d.socket, "verify", "--repair", expect=6).text
+        assert re.search(r"damaged snapshots\s+" + s, repaired)
+        assert re.search(r"reference counts fixed\s+0 of \d+ objects", repaired)
         assert re.search(r"damaged snapshots\s+" + s, text)
         damaged = run_cli(d.socket, "cat", s, "big.bin", "--json", expect=6).json()
         assert damaged["error"]["code"] == "DATA_LOSS" and damaged["error"]["exit_code"] == 6
     finally:
         d.terminate()
         d.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_verify_repair_prints_what_it_fixed() -> None:
+    """A reference count made wrong in the catalog while the daemon is stopped: `verify
+    --repair` fixes it and says so, exit 0 (the data itself is fine). A daemon of its own."""
+    from snapd.store.store import Store
+
+    root = short_tempdir()
+    store_dir = os.path.join(root, "store")
+    sock = os.path.join(root, "snapd.sock")
+    args = ["--no-background-gc"]
+    try:
+        w = os.path.join(root, "ws")
+        treeutil.write(w, "a.txt", "a\n")
+        with DaemonProcess(store_dir, sock, args=args) as d, d.client() as c:
+            s = c.open_workspace(w).snapshot().id
+        store = Store.open(store_dir, create=False)
+        try:
+            with store.transaction() as conn:
+                cur = conn.execute(
+                    "UPDATE objects SET refs = refs + 5 "
+                    "WHERE id = (SELECT root_tree FROM snapshots WHERE id = ?)",
+                    (s,),
+                )
+                assert cur.rowcount == 1
+        finally:
+            store.close()
+        with DaemonProcess(store_dir, sock, args=args) as d:
+            text = run_cli(d.socket, "verify", "--repair").text
+            assert re.search(r"result\s+ok", text)
+            assert re.search(r"reference counts fixed\s+1 of \d+ objects", text)
+            again = run_cli(d.socket, "verify", "--repair", "--json").json()["report"]
+            assert again["repair"]["objects_fixed"] == 0
+    finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -478,6 +542,9 @@ def test_every_command_prints_exactly_one_json_document(daemon, client, ws, tmp_
     """Each command's --json output parses as one document. The tests above run every command
     as a subprocess; this sweep runs snapd.cli.main in this process to cover them all at once
     cheaply (a subprocess costs a fresh grpc import)."""
+    # The sweep takes snapshots of its own; a window of the default 5 could evict s2 before
+    # `rm s2` runs.
+    client.open_workspace(ws.path, keep_last=1000)
     s1 = ws.snapshot().id
     treeutil.write(ws.path, "src/app.py", "v2\n")
     s2 = ws.snapshot().id

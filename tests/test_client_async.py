@@ -88,6 +88,15 @@ def test_every_call(daemon, tmp_path) -> None:
             assert (await ws.persist(s1.id)).durable
             assert (await ws.pin(s1.id)).pinned
             assert not (await ws.unpin(s1.id)).pinned
+            full = await ws.snapshot(full=True)
+            assert full.stats["scan"] == "full"
+            assert (await client.snapshot(ws.id, full=True)).stats["scan"] == "full"
+            pinned = await ws.snapshot(pinned=True)
+            with pytest.raises(FailedPreconditionError):
+                await ws.delete_snapshot(pinned.id)
+            await ws.delete_snapshot(pinned.id, force=True)
+            with pytest.raises(NotFoundError):
+                await client.get_snapshot(pinned.id)
 
             fork_dir = str(tmp_path / "fork")
             new_ws, first = await ws.fork(s2.id, fork_dir)
@@ -99,13 +108,18 @@ def test_every_call(daemon, tmp_path) -> None:
             async def on_progress(p) -> None:  # coroutine callbacks are awaited
                 progress.append(p)
 
-            assert (await client.verify(progress=on_progress)).ok
+            report = await client.verify(progress=on_progress)
+            assert report.ok and report.repair is None
             assert progress
+            repaired = await client.verify(repair=True)
+            assert repaired.ok and repaired.repair.objects_fixed == 0
+            assert repaired.repair.objects > 0
             gc = await client.collect_garbage(progress=progress.append)
             assert gc.complete
             stats = await client.stats(ws.id)
             assert stats.workspaces[0].snapshots >= 2 and stats.store["objects"] > 0
             assert (await ws.stats()).workspace_id == ws.id
+            assert "events" in (await ws.stats()).watcher  # a watcher by default
             assert (await client.ping()).version
 
             await ws.delete_snapshot(s1.id)

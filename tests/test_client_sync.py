@@ -4,8 +4,12 @@ calls only, streams stopped early, handles that survive a daemon restart."""
 from __future__ import annotations
 
 import os
+import pwd
 import random
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -17,6 +21,7 @@ from snapd_client import (
     RetryPolicy,
     SnapdError,
     UnavailableError,
+    _target,
 )
 from snapd_client._common import IDEMPOTENT, should_retry
 from snapd_client._proto import snapd_pb2 as pb
@@ -36,11 +41,65 @@ def root():
 def test_default_socket_matches_the_daemon(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("SNAPD_SOCKET", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    assert default_socket_path() == paths.default_socket_path()
+    assert default_socket_path() == paths.client_socket_path() == paths.default_socket_path()
     monkeypatch.delenv("XDG_RUNTIME_DIR")
-    assert default_socket_path() == paths.default_socket_path()
+    assert default_socket_path() == paths.client_socket_path() == paths.default_socket_path()
     monkeypatch.setenv("SNAPD_SOCKET", "unix:///x/y.sock")
-    assert default_socket_path() == paths.default_socket_path() == "/x/y.sock"
+    assert default_socket_path() == paths.client_socket_path() == "/x/y.sock"
+    assert paths.default_socket_path() == "/x/y.sock"
+
+
+def test_default_socket_falls_back_to_the_system_units_socket(monkeypatch, root, tmp_path) -> None:
+    """Without $SNAPD_SOCKET and without a per-user socket, clients use the system template
+    unit's socket for their user name if it exists; the daemon keeps binding the per-user
+    path. The system runtime root (/run/snapd-workspace) is pointed at a temporary directory:
+    a test must not create sockets in the host's /run."""
+    system_root = os.path.join(root, "run")
+    monkeypatch.setattr(_target, "SYSTEM_RUNTIME_ROOT", system_root)
+    monkeypatch.setattr(paths, "SYSTEM_RUNTIME_ROOT", system_root)
+    monkeypatch.delenv("SNAPD_SOCKET", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    user = os.path.join(str(tmp_path), "snapd-workspace", "snapd.sock")
+    name = pwd.getpwuid(os.getuid()).pw_name
+    system = os.path.join(system_root, name, "snapd.sock")
+    assert _target.system_socket_path() == paths.system_socket_path() == system
+
+    # Neither exists: the per-user path, so that an error names it.
+    assert default_socket_path() == paths.client_socket_path() == user
+    with DaemonProcess(os.path.join(root, "store"), system):
+        assert default_socket_path() == paths.client_socket_path() == system
+        assert paths.default_socket_path() == user  # what a daemon binds is unchanged
+        with Client() as client:
+            assert client.target == "unix://" + system and client.ping().version
+
+        # A per-user socket, once there, wins; $SNAPD_SOCKET wins over both.
+        os.makedirs(os.path.dirname(user))
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(user)
+        assert default_socket_path() == paths.client_socket_path() == user
+        monkeypatch.setenv("SNAPD_SOCKET", "/elsewhere.sock")
+        assert default_socket_path() == paths.client_socket_path() == "/elsewhere.sock"
+
+
+def test_importing_the_library_leaves_out_the_async_client_and_the_pipeline() -> None:
+    code = (
+        "import sys, snapd_client\n"
+        "lazy = ('snapd_client.aio', 'snapd_client.pipeline')\n"
+        "assert not [m for m in lazy if m in sys.modules], sorted(sys.modules)\n"
+        "from snapd_client import AsyncClient, AsyncWorkspace, CheckpointedPipeline, Verifier\n"
+        "from snapd_client.aio import AsyncClient as A\n"
+        "assert AsyncClient is A and all(m in sys.modules for m in lazy)\n"
+        "assert snapd_client.Planner is snapd_client.pipeline.Planner\n"
+        "assert set(snapd_client.__all__) <= set(dir(snapd_client))\n"
+        "try:\n"
+        "    snapd_client.NoSuchName\n"
+        "except AttributeError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise SystemExit('NoSuchName resolved')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_targets() -> None:

@@ -347,3 +347,171 @@ def test_one_log_line_per_call(client: Client, daemon, tmp_path) -> None:
     log = daemon.log()
     assert f"snapd.call CreateSnapshot workspace={ws.id} code=OK ms=" in log
     assert "snapd.call GetSnapshot workspace=- code=NOT_FOUND ms=" in log
+
+
+# --- full scans, forced deletes, repair, watcher counters ---------------------------------------
+WATCHER_COUNTERS = {
+    "events",
+    "overflows",
+    "watch_limit_errors",
+    "unwatched_dirs",
+    "rescans_full",
+    "rescans_subtree",
+    "watches",
+    "restarts",
+    "no_inotify",
+}
+
+
+def snapshot_until_hinted(ws, limit: int = 200):
+    """Snapshots until one is taken from the watcher's hints: its watches are in place and the
+    engine knows the tree (the first snapshots walk it). Bounded by count, not by the clock."""
+    for _ in range(limit):
+        snap = ws.snapshot()
+        if snap.stats.get("scan") == "hinted":
+            return snap
+    raise AssertionError(f"no hinted snapshot in {limit}; last stats: {snap.stats}")
+
+
+def test_full_scan_catches_a_write_through_a_hard_link_from_outside(
+    client: Client, tmp_path
+) -> None:
+    outside = tmp_path / "outside"
+    treeutil.write(outside, "shared.txt", "version 1\n")
+    d = str(tmp_path / "ws")
+    treeutil.write(d, "README.md", "# project\n")
+    os.link(outside / "shared.txt", os.path.join(d, "linked.txt"))
+    ws = client.open_workspace(d, keep_last=1000, watch=True)
+    assert ws.settings.watch
+    hinted = snapshot_until_hinted(ws)
+    assert client.read_file(hinted.id, "linked.txt") == b"version 1\n"
+    assert set(hinted.stats["watcher"]) >= WATCHER_COUNTERS
+
+    # Written through the name outside the workspace: inotify reports it in `outside` only.
+    with open(outside / "shared.txt", "r+b") as f:
+        f.write(b"version 2 is longer\n")
+    missed = ws.snapshot()
+    assert missed.stats["scan"] == "hinted"
+    # The limit that full_scan exists for (drop this line if the watcher ever learns to see
+    # such writes).
+    assert client.read_file(missed.id, "linked.txt") == b"version 1\n"
+
+    full = ws.snapshot(full=True)
+    assert full.stats["scan"] == "full"
+    assert client.read_file(full.id, "linked.txt") == b"version 2 is longer\n"
+    assert [(c.path, c.change) for c in ws.diff(missed.id, full.id)] == [("linked.txt", "modified")]
+    ws.close(forget=True)
+
+
+def test_deleting_a_pinned_snapshot_needs_force(client: Client, tmp_path) -> None:
+    d = str(tmp_path / "ws")
+    treeutil.write(d, "a", "1")
+    ws = client.open_workspace(d, keep_last=10)
+    pinned = ws.snapshot(pinned=True)
+    with pytest.raises(FailedPreconditionError) as e:
+        ws.delete_snapshot(pinned.id)
+    assert e.value.code == "FAILED_PRECONDITION"
+    assert pinned.id in e.value.message and "pinned" in e.value.message
+    assert client.get_snapshot(pinned.id).pinned  # still there
+    ws.delete_snapshot(pinned.id, force=True)
+    with pytest.raises(NotFoundError):
+        client.get_snapshot(pinned.id)
+
+    # The same rule for a workspace the daemon does not hold open, which a delete must not
+    # open (its directory may be gone).
+    again = ws.snapshot(pinned=True)
+    plain = ws.snapshot()
+    ws.close()
+    with pytest.raises(FailedPreconditionError):
+        client.delete_snapshot(again.id)
+    client.delete_snapshot(plain.id)  # not pinned: no force needed
+    client.delete_snapshot(again.id, force=True)
+    assert ws.snapshots() == []
+    assert not next(w for w in client.workspaces() if w.id == ws.id).open
+    ws.close(forget=True)
+
+
+def test_workspace_stats_carry_the_watchers_counters(client: Client, tmp_path) -> None:
+    watched = str(tmp_path / "watched")
+    plain = str(tmp_path / "plain")
+    treeutil.write(watched, "a", "1")
+    treeutil.write(plain, "a", "1")
+    w1 = client.open_workspace(watched, watch=True)
+    w2 = client.open_workspace(plain, watch=False)
+    snapshot_until_hinted(w1)
+    w2.snapshot()
+
+    st = w1.stats()
+    assert st.watcher is not None and set(st.watcher) >= WATCHER_COUNTERS
+    assert all(isinstance(v, int) for v in st.watcher.values())
+    assert st.watcher["watches"] >= 1 and st.watcher["no_inotify"] == 0
+    events = st.watcher["events"]
+    treeutil.write(watched, "b", "2")
+    w1.snapshot()  # waits for the watcher to have read the events of the write (a barrier)
+    assert w1.stats().watcher["events"] > events
+
+    assert w2.stats().watcher is None  # no watcher
+    w1.close()
+    assert w1.stats().watcher is None  # not open
+    everything = {w.workspace_id: w for w in client.stats(skip_store=True).workspaces}
+    assert everything[w1.id].watcher is None and everything[w2.id].watcher is None
+    w1.close(forget=True)
+    w2.close(forget=True)
+
+
+def test_verify_repair_fixes_wrong_reference_counts(tmp_path) -> None:
+    """Reference counts corrupted in the catalog while the daemon is stopped (one too high, one
+    live object at zero, which garbage collection would delete); verify with repair fixes both,
+    and GC then keeps every snapshot's data. A daemon and store of its own."""
+    from snapd.store.store import Store
+
+    root = short_tempdir()
+    store_dir = os.path.join(root, "store")
+    sock = os.path.join(root, "snapd.sock")
+    d = str(tmp_path / "ws")
+    content = random.Random(5).randbytes(300_000)
+    treeutil.write(d, "data.bin", content)
+    treeutil.write(d, "src/app.py", "print('x')\n")
+    # No background GC: it must not act on the corrupted counts before the repair.
+    args = ["--no-background-gc"]
+    try:
+        with DaemonProcess(store_dir, sock, args=args) as daemon, daemon.client() as c:
+            ws = c.open_workspace(d)
+            snap = ws.snapshot()
+            data_id = next(e.object_id for e in c.list_tree(snap.id) if e.path == "data.bin")
+            clean = c.verify(repair=True)
+            assert clean.ok and clean.repair is not None and clean.repair.objects_fixed == 0
+            assert clean.repair.objects > 0 and clean.repair.unreadable_objects == []
+
+        store = Store.open(store_dir, create=False)
+        try:
+            with store.transaction() as conn:
+                too_high = conn.execute(
+                    "UPDATE objects SET refs = refs + 5 "
+                    "WHERE id = (SELECT root_tree FROM snapshots WHERE id = ?)",
+                    (snap.id,),
+                )
+                assert too_high.rowcount == 1
+                zero = conn.execute(
+                    "UPDATE objects SET refs = 0 WHERE id = ?", (bytes.fromhex(data_id),)
+                )
+                assert zero.rowcount == 1
+        finally:
+            store.close()
+
+        with DaemonProcess(store_dir, sock, args=args) as daemon, daemon.client() as c:
+            plain = c.verify()
+            assert plain.ok and plain.repair is None  # verify alone neither sees nor fixes
+            progress: list = []
+            report = c.verify(repair=True, progress=progress.append)
+            assert progress and report.ok and report.repair is not None
+            assert report.repair.objects_fixed == 2
+            assert report.repair.missing_objects == [] and report.repair.unreadable_objects == []
+            assert report.repair.duration_s >= 0
+            assert c.verify(repair=True).repair.objects_fixed == 0  # fixed for good
+
+            c.collect_garbage()
+            assert c.read_file(snap.id, "data.bin") == content
+            assert c.verify().ok
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
