@@ -159,3 +159,29 @@ def fsync_dir_fd(fd: int) -> None:
     except OSError as e:  # some file systems refuse fsync on directories
         if e.errno not in (errno.EINVAL, errno.EBADF):
             raise
+
+
+# File systems on which a directory's mtime and ctime change whenever an entry is added,
+# removed or renamed in it, and that report stat data directly (no attribute caching).
+LOCAL_FS_TYPES = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "bcachefs", "overlay"}
+)
+
+
+def fs_type(path: str) -> str:
+    """The type of the file system holding `path`, from /proc/self/mountinfo ('' if unknown)."""
+    best, kind = "", ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if "-" not in fields:
+                    continue
+                sep = fields.index("-")
+                mount = fields[4].replace("\\040", " ")
+                inside = path == mount or path.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    best, kind = mount, fields[sep + 1]
+    except OSError:
+        return ""
+    return kind

@@ -61,7 +61,17 @@ class FileNode:
 
 
 class DirNode:
-    __slots__ = ("base_tree", "ctime_ns", "entries", "ino", "mode", "mtime_ns", "totals", "tree_id")
+    __slots__ = (
+        "base_tree",
+        "ctime_ns",
+        "entries",
+        "ino",
+        "mode",
+        "mtime_ns",
+        "racy",
+        "totals",
+        "tree_id",
+    )
 
     kind = ENTRY_DIR
 
@@ -81,6 +91,10 @@ class DirNode:
         self.tree_id = tree_id  # None: changed since last encoded
         self.base_tree = tree_id  # the last encoded tree, a good delta base for the next one
         self.totals: tuple[int, int] | None = None  # (file bytes, files) below; None: unknown
+        # True until a listing of this directory was recorded with stat data that vouches for
+        # it: adding, removing or renaming an entry changes a directory's mtime and ctime, so
+        # while those are unchanged a full walk may stat the known names without listing.
+        self.racy = True
 
     def entry(self, name: bytes) -> TreeEntry:
         assert self.tree_id is not None
@@ -149,9 +163,9 @@ _REC = struct.Struct("<BIqqQQB")
 
 def encode_record(node: Node) -> bytes:
     if isinstance(node, DirNode):
-        return _REC.pack(ENTRY_DIR, node.mode, node.mtime_ns, node.ctime_ns, node.ino, 0, 0) + (
-            node.tree_id or b""
-        )
+        return _REC.pack(
+            ENTRY_DIR, node.mode, node.mtime_ns, node.ctime_ns, node.ino, 0, node.racy
+        ) + (node.tree_id or b"")
     return (
         _REC.pack(
             node.kind, node.mode, node.mtime_ns, node.ctime_ns, node.ino, node.size, node.racy
@@ -164,7 +178,9 @@ def decode_record(rec: bytes) -> Node:
     kind, mode, mtime_ns, ctime_ns, ino, size, racy = _REC.unpack_from(rec)
     ref = bytes(rec[_REC.size :])
     if kind == ENTRY_DIR:
-        return DirNode(mode, mtime_ns, ctime_ns, ino, ref or None)
+        d = DirNode(mode, mtime_ns, ctime_ns, ino, ref or None)
+        d.racy = bool(racy)
+        return d
     if kind not in (ENTRY_FILE, ENTRY_CHUNKED, ENTRY_SYMLINK):
         raise ValueError("bad index record")
     return FileNode(kind, mode, size, mtime_ns, ref, ctime_ns, ino, bool(racy))

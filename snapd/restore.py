@@ -324,6 +324,7 @@ class Applier:
     def _apply_op(self, dfd: int, parent: DirNode, op: _Op) -> None:
         name, c, t = op.name, op.cur, op.new
         parent.invalidate()
+        parent.racy = True  # its listing changed under our hands: list it on the next walk
         if t is None:
             if self._delete(dfd, name, op.path, c):
                 parent.entries.pop(name, None)
@@ -392,6 +393,7 @@ class Applier:
             os.close(cfd)
         node.mode, node.mtime_ns = t.mode, t.mtime_ns
         node.ctime_ns, node.ino = st.st_ctime_ns, st.st_ino
+        node.racy = True  # mtime was set back by us; entries we do not know may be in there
         if t.ref and sub.exact:
             node.tree_id = node.base_tree = t.ref
         else:

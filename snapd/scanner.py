@@ -22,10 +22,11 @@ from pyfastcdc import FastCDC
 
 from .errors import Aborted, PermissionDenied
 from .fsutil import join, open_beneath, read_all, split
-from .ignore import IGNORE_FILE, Excludes, is_internal
+from .ignore import IGNORE_FILE, INTERNAL_PREFIX, Excludes, is_internal
 from .index import DirNode, FileNode, Node, lookup, walk
 from .store.format import (
     ENTRY_CHUNKED,
+    ENTRY_DIR,
     ENTRY_FILE,
     ENTRY_SYMLINK,
     KIND_CHUNKLIST,
@@ -37,6 +38,7 @@ from .store.format import (
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 S_IFMT = 0o170000
+S_IFREG, S_IFDIR, S_IFLNK = stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
 
 # Files up to this size are stored whole (as restic and borg do below 512 KiB-1 MiB); larger
 # ones are split by content-defined chunking so that an append or insert stores only new chunks.
@@ -105,8 +107,13 @@ class Scanner:
         fine_timestamps: bool,
         pool: ThreadPoolExecutor | None = None,
         links: dict[int, set[bytes]] | None = None,
+        trust_dir_mtime: bool = False,
     ) -> None:
         self.rootfd = rootfd
+        # A full walk may skip listing a directory whose mtime, ctime and inode match its last
+        # listing (entries cannot have been added, removed or renamed) and stat its known names
+        # instead, as git's untracked cache does. Only where the workspace confirmed it.
+        self.trust_dir_mtime = trust_dir_mtime
         self.root = root
         self.excludes = excludes
         self.sink = sink
@@ -228,11 +235,17 @@ class Scanner:
             chain.pop()
 
     def _scan_dir_entries(self, dfd: int, rel: bytes, node: DirNode, chain) -> None:
+        # The hot loop of every full walk: it runs once per entry of the workspace, so it keeps
+        # to local names and computes an entry's path only when something needs it.
         entries = node.entries
+        get = entries.get
         seen: set[bytes] = set()
+        add_seen = seen.add
         new_files = 0  # seen regular files not in `entries` yet (added when their content is read)
         excludes = self.excludes if self.excludes else None
         stats = self.stats
+        files = dirs = size = 0
+        prefix = rel + b"/" if rel else b""
         try:
             it = os.scandir(dfd)
         except OSError as e:
@@ -240,50 +253,55 @@ class Scanner:
             return
         with it:
             for de in it:
-                name = os.fsencode(de.name)
-                if is_internal(name):
+                name = de.name.encode("utf-8", "surrogateescape")
+                if name.startswith(INTERNAL_PREFIX):
                     continue
-                path = rel + b"/" + name if rel else name
                 try:
                     st = de.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     stats.vanished += 1
                     continue
                 except OSError as e:  # e.g. a directory we may list but not search
-                    self._error(path, e)
+                    self._error(prefix + name, e)
                     continue
-                fmt = st.st_mode & S_IFMT
-                old = entries.get(name)
-                if fmt == stat.S_IFREG:
-                    if excludes is not None and excludes.excluded(path, False):
+                mode = st.st_mode
+                fmt = mode & S_IFMT
+                old = get(name)
+                if fmt == S_IFREG:
+                    if excludes is not None and excludes.excluded(prefix + name, False):
                         continue
-                    seen.add(name)
-                    stats.files += 1
-                    stats.bytes += st.st_size
+                    add_seen(name)
+                    files += 1
+                    size += st.st_size
                     if st.st_nlink > 1:
-                        self.found_links.setdefault(st.st_ino, set()).add(path)
+                        self.found_links.setdefault(st.st_ino, set()).add(prefix + name)
                     if (
                         old is not None
                         and old.__class__ is FileNode
-                        and old.kind != ENTRY_SYMLINK
-                        and not old.racy
                         and old.size == st.st_size
                         and old.mtime_ns == st.st_mtime_ns
                         and old.ctime_ns == st.st_ctime_ns
                         and old.ino == st.st_ino
-                        and old.mode == st.st_mode & 0o7777
+                        and old.mode == mode & 0o7777
+                        and not old.racy
+                        and old.kind != ENTRY_SYMLINK
                     ):
                         continue
                     self._invalidate(chain)
-                    self._candidates.append((path, name, node, list(chain), old, st))
+                    self._candidates.append((prefix + name, name, node, list(chain), old, st))
                     if old is None:
                         new_files += 1
-                elif fmt == stat.S_IFDIR:
+                elif fmt == S_IFDIR:
+                    path = prefix + name
                     if excludes is not None and excludes.excluded(path, True):
                         continue
-                    seen.add(name)
-                    stats.dirs += 1
+                    add_seen(name)
+                    dirs += 1
+                    listed = self.trust_dir_mtime and _listing_holds(old, st)
                     child = self._dir_node(node, chain, name, path, st, old)
+                    if listed:
+                        self._scan_known(path, child, chain)
+                        continue
                     try:
                         cfd = os.open(name, _O_DIR, dir_fd=dfd)
                     except OSError as e:
@@ -297,10 +315,12 @@ class Scanner:
                         self._scan_dir(cfd, path, child, chain)
                     finally:
                         os.close(cfd)
-                elif fmt == stat.S_IFLNK:
+                    child.racy = self._racy(st)
+                elif fmt == S_IFLNK:
+                    path = prefix + name
                     if excludes is not None and excludes.excluded(path, False):
                         continue
-                    seen.add(name)
+                    add_seen(name)
                     stats.symlinks += 1
                     if not (
                         old is not None
@@ -326,11 +346,97 @@ class Scanner:
                 else:
                     stats.skipped_special += 1
                     if len(stats.special_paths) < 100:
-                        stats.special_paths.append(os.fsdecode(path))
+                        stats.special_paths.append(os.fsdecode(prefix + name))
+        stats.files += files
+        stats.dirs += dirs
+        stats.bytes += size
         # Every seen name is in `entries` except the new files; anything else there is gone.
         if len(seen) - new_files != len(entries):
             for name in [n for n in entries if n not in seen]:
-                self._remove(node, chain, name, join(rel, name))
+                self._remove(node, chain, name, prefix + name)
+
+    def _scan_known(self, path: bytes, node: DirNode, chain: list[DirNode]) -> None:
+        """Check a directory whose listing still holds: stat its known names, list nothing.
+
+        Names are stat'ed through the root descriptor (the metadata of a path that a hostile
+        process redirects can mislead only this check; content is always read through
+        descriptors opened beneath the root without following symlinks). Anything unexpected
+        (a name gone, a type changed) falls back to listing the directory.
+        """
+        rootfd = self.rootfd
+        found = []
+        try:
+            for name, child in node.entries.items():
+                st = os.stat(path + b"/" + name, dir_fd=rootfd, follow_symlinks=False)
+                fmt = st.st_mode & S_IFMT
+                kind = ENTRY_DIR if child.__class__ is DirNode else child.kind
+                if fmt != _FMT_OF_KIND[kind]:
+                    raise _Rescan()
+                found.append((name, child, st))
+        except (OSError, _Rescan):
+            self._relist(path, node, chain)
+            return
+        chain.append(node)
+        try:
+            stats = self.stats
+            for name, child, st in found:
+                p = path + b"/" + name
+                if child.__class__ is DirNode:
+                    stats.dirs += 1
+                    listed = _listing_holds(child, st)
+                    child = self._dir_node(node, chain, name, p, st, child)
+                    if listed:
+                        self._scan_known(p, child, chain)
+                    else:
+                        self._relist(p, child, chain)
+                        child.racy = self._racy(st)
+                elif child.kind == ENTRY_SYMLINK:
+                    stats.symlinks += 1
+                    if not (
+                        child.mtime_ns == st.st_mtime_ns
+                        and child.ctime_ns == st.st_ctime_ns
+                        and child.ino == st.st_ino
+                        and not child.racy
+                    ):
+                        try:
+                            target = os.readlink(p, dir_fd=rootfd)
+                        except OSError:  # replaced since the stat: the next walk sees it
+                            node.racy = True
+                            continue
+                        self._set(node, chain, name, p, self._symlink_node(st, target))
+                else:
+                    stats.files += 1
+                    stats.bytes += st.st_size
+                    if st.st_nlink > 1:
+                        self.found_links.setdefault(st.st_ino, set()).add(p)
+                    if (
+                        child.size == st.st_size
+                        and child.mtime_ns == st.st_mtime_ns
+                        and child.ctime_ns == st.st_ctime_ns
+                        and child.ino == st.st_ino
+                        and child.mode == st.st_mode & 0o7777
+                        and not child.racy
+                    ):
+                        continue
+                    self._invalidate(chain)
+                    self._candidates.append((p, name, node, list(chain), child, st))
+        finally:
+            chain.pop()
+
+    def _relist(self, path: bytes, node: DirNode, chain: list[DirNode]) -> None:
+        """List a directory after all (its known names did not hold)."""
+        try:
+            fd = open_beneath(self.rootfd, path)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV):
+                self._scan_path(path, recursive=True)  # gone or replaced: let the parent decide
+                return
+            self._error(path, e)
+            return
+        try:
+            self._scan_dir(fd, path, node, chain)
+        finally:
+            os.close(fd)
 
     def _dir_node(self, parent, chain, name, path, st, old) -> DirNode:
         perms = st.st_mode & 0o7777
@@ -643,6 +749,26 @@ class _FdReader:
         n = os.preadv(self.fd, [buf], self.pos)
         self.pos += n
         return n
+
+
+def _listing_holds(old, st: os.stat_result) -> bool:
+    """Is a directory's recorded listing still valid (no entry added, removed, renamed)?"""
+    return (
+        old is not None
+        and old.__class__ is DirNode
+        and not old.racy
+        and old.mtime_ns == st.st_mtime_ns
+        and old.ctime_ns == st.st_ctime_ns
+        and old.ino == st.st_ino
+    )
+
+
+_FMT_OF_KIND = {
+    ENTRY_FILE: S_IFREG,
+    ENTRY_CHUNKED: S_IFREG,
+    ENTRY_SYMLINK: S_IFLNK,
+    ENTRY_DIR: S_IFDIR,
+}
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:

@@ -26,7 +26,7 @@ from .errors import (
     NotFound,
     PermissionDenied,
 )
-from .fsutil import open_root
+from .fsutil import LOCAL_FS_TYPES, fs_type, open_root
 from .ignore import IGNORE_FILE, INTERNAL_PREFIX, Excludes, combine
 from .index import DirNode
 from .restore import Applier, Change, Planner, RestoreStats, parse_paths, verify_needed
@@ -128,31 +128,44 @@ def _inside(child: str, parent: str) -> bool:
     return child == parent or child.startswith(parent.rstrip("/") + "/")
 
 
-def probe_fine_timestamps(rootfd: int) -> bool:
-    """True if a write right after an fstat always gets a later ctime on this file system.
+def probe_timestamps(rootfd: int) -> tuple[bool, bool]:
+    """(fine timestamps, directory mtimes track entries) for the workspace's file system.
 
-    Linux 6.13+ gives ext4/xfs/btrfs/tmpfs such "multigrain" timestamps; then no stat entry is
-    ever racy. On coarse file systems a write within one clock tick can leave stat data
-    unchanged, so recently changed files are re-read on the next scan.
+    Fine: a write right after an fstat always gets a later ctime. Linux 6.13+ gives ext4, xfs,
+    btrfs and tmpfs such "multigrain" timestamps; then no stat entry is ever racy. On coarse file
+    systems a write within one clock tick can leave stat data unchanged, so recently changed
+    files are re-read on the next scan.
+    Directory mtimes: creating and removing an entry visibly changes the directory's mtime and
+    ctime (checked here, and only trusted on local file systems that are known to do so); then a
+    full walk need not list a directory whose stat data is unchanged.
     """
     name = INTERNAL_PREFIX + b"probe-" + secrets.token_hex(6).encode()
+    before = os.fstat(rootfd)
     try:
         fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=rootfd)
     except OSError:
-        return False
+        return False, False
     try:
+        created = os.fstat(rootfd)
         last = os.fstat(fd).st_ctime_ns
+        fine = True
         for i in range(5):
             os.pwrite(fd, b"x", i)
             now = os.fstat(fd).st_ctime_ns
             if now <= last:
-                return False
+                fine = False
+                break
             last = now
-        return True
     finally:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(name, dir_fd=rootfd)
+    removed = os.fstat(rootfd)
+    dirs_ok = (
+        before.st_mtime_ns < created.st_mtime_ns < removed.st_mtime_ns
+        and before.st_ctime_ns < created.st_ctime_ns < removed.st_ctime_ns
+    )
+    return fine, dirs_ok
 
 
 def check_placement(store: Store, real: str) -> None:
@@ -208,7 +221,8 @@ class Workspace:
         self.rootfd = open_root(path)
         with contextlib.suppress(OSError):
             remove_leftovers(self.rootfd)  # cookies, probes, restore temporaries of a crash
-        self.fine_timestamps = probe_fine_timestamps(self.rootfd)
+        self.fine_timestamps, dirs_ok = probe_timestamps(self.rootfd)
+        self.trust_dir_mtime = dirs_ok and fs_type(path) in LOCAL_FS_TYPES
         # Inode -> paths of files with several names inside the workspace: a write through one
         # name changes them all, but a watcher or a hint reports only the name written.
         self.links: dict[int, set[bytes]] = {}
@@ -358,6 +372,8 @@ class Workspace:
             fine_timestamps=self.fine_timestamps,
             pool=self.pool,
             links=self.links,
+            # New exclude rules may un-exclude names no listing recorded: list everything.
+            trust_dir_mtime=self.trust_dir_mtime and not excludes_changed,
         )
         if full:
             scanner.full()
@@ -500,11 +516,13 @@ class Workspace:
                 try:
                     root_id, delta, stats = self._scan(w, hints)
                     safety_id = None
-                    latest = self.store.latest_snapshot(self.id)
+                    same = self.store.snapshot_with_tree(self.id, root_id)
                     if dry_run:
                         w.commit(workspace_id=self.id, head=root_id, index=delta)
-                    elif latest is not None and latest.root_tree == root_id:
-                        safety_id = latest.id
+                    elif same is not None:
+                        # The current state is saved already (e.g. a redo after an undo): no
+                        # duplicate safety snapshot crowding the window.
+                        safety_id = same
                         w.commit(workspace_id=self.id, head=root_id, index=delta)
                     else:
                         st = stats.as_dict()

@@ -584,6 +584,14 @@ class Store:
         args.append(limit)
         return [SnapshotRecord.from_row(r) for r in self.query(sql, tuple(args))]
 
+    def snapshot_with_tree(self, ws_id: int, root_tree: bytes) -> str | None:
+        """The newest snapshot of the workspace whose content is exactly this tree."""
+        rows = self.query(
+            "SELECT id FROM snapshots WHERE workspace=? AND root_tree=? ORDER BY seq DESC LIMIT 1",
+            (ws_id, root_tree),
+        )
+        return rows[0][0] if rows else None
+
     def latest_snapshot(self, ws_id: int) -> SnapshotRecord | None:
         snaps = self.list_snapshots(ws_id, limit=1)
         return snaps[0] if snaps else None

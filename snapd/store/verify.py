@@ -174,12 +174,15 @@ def recount_refs(store: Store, *, take_lock: bool = True) -> dict:
     counts: dict[bytes, int] = {}
     unreadable: list[str] = []
     lock = store.exclusive(blocking=True) if take_lock else contextlib.nullcontext(True)
-    with lock:
-        for (root,) in store.query("SELECT root_tree FROM snapshots"):
+    # Count inside the write transaction, so no snapshot, delete or eviction lands in between.
+    with lock, store.transaction() as conn:
+        for (root,) in conn.execute("SELECT root_tree FROM snapshots").fetchall():
             counts[root] = counts.get(root, 0) + 1
-        for (head,) in store.query("SELECT head_tree FROM workspaces WHERE head_tree IS NOT NULL"):
+        for (head,) in conn.execute(
+            "SELECT head_tree FROM workspaces WHERE head_tree IS NOT NULL"
+        ).fetchall():
             counts[head] = counts.get(head, 0) + 1
-        rows = store.query("SELECT id, kind, base FROM objects")
+        rows = conn.execute("SELECT id, kind, base FROM objects").fetchall()
         for oid, kind, base in rows:
             children: list[bytes] = [base] if base is not None else []
             if kind in (KIND_TREE, KIND_CHUNKLIST):
@@ -196,13 +199,12 @@ def recount_refs(store: Store, *, take_lock: bool = True) -> dict:
                 counts[c] = counts.get(c, 0) + 1
         fixed = 0
         existing = set()
-        with store.transaction() as conn:
-            for oid, refs in conn.execute("SELECT id, refs FROM objects").fetchall():
-                existing.add(oid)
-                want = counts.get(oid, 0)
-                if refs != want:
-                    conn.execute("UPDATE objects SET refs=? WHERE id=?", (want, oid))
-                    fixed += 1
+        for oid, refs in conn.execute("SELECT id, refs FROM objects").fetchall():
+            existing.add(oid)
+            want = counts.get(oid, 0)
+            if refs != want:
+                conn.execute("UPDATE objects SET refs=? WHERE id=?", (want, oid))
+                fixed += 1
     missing = [o.hex() for o in counts if o not in existing]
     return {
         "objects_fixed": fixed,
