@@ -95,9 +95,15 @@ def test_no_second_safety_snapshot_when_nothing_changed(ws, ws_dir) -> None:
     assert res.safety_snapshot_id == latest.id  # the current state is already recorded
     count = len(ws.snapshots())
     res2 = ws.restore(latest.id)
-    assert res2.safety_snapshot_id != latest.id  # the state after the first restore is new
-    assert len(ws.snapshots()) == count + 1
+    # The state after the first restore is exactly `first`: it is the safety point (a redo
+    # after an undo adds no duplicate snapshot to the window).
+    assert res2.safety_snapshot_id == first.id
+    assert len(ws.snapshots()) == count
     assert read(ws_dir, "a.txt") == b"a2\n"
+    write(ws_dir, "a.txt", "a3\n")  # a state no snapshot has: a new safety snapshot
+    res3 = ws.restore(first.id)
+    assert res3.safety_snapshot_id not in (first.id, latest.id)
+    assert len(ws.snapshots()) == count + 1
 
 
 def test_dry_run_reports_and_changes_nothing(ws, ws_dir) -> None:
