@@ -435,6 +435,7 @@ class Applier:
         except OSError as e:
             if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 node.invalidate()
+                node.racy = True  # it holds entries we never listed: list it next time
                 self.stats.conflicts.append(os.fsdecode(path))
                 return False
             raise

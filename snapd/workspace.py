@@ -15,7 +15,6 @@ import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from . import index as idx
@@ -34,20 +33,6 @@ from .scanner import Scanner, ScanStats, encode_dirty
 from .store.catalog import SnapshotRecord
 from .store.store import IndexDelta, NewSnapshot, Retention, Store
 from .watcher import TreeWatcher
-
-_default_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def default_pool() -> ThreadPoolExecutor:
-    """Threads for reading and compressing many files at once (zstd and reads drop the GIL)."""
-    global _default_pool
-    with _pool_lock:
-        if _default_pool is None:
-            _default_pool = ThreadPoolExecutor(
-                max_workers=min(4, (os.cpu_count() or 2) + 1), thread_name_prefix="snapd-io"
-            )
-        return _default_pool
 
 
 @dataclass
@@ -209,14 +194,11 @@ class Workspace:
         ws_id: int,
         path: str,
         settings: WorkspaceSettings,
-        *,
-        pool: ThreadPoolExecutor | None = None,
     ) -> None:
         self.store = store
         self.id = ws_id
         self.path = path
         self.settings = settings
-        self.pool = pool or default_pool()
         self.lock = threading.RLock()
         self.rootfd = open_root(path)
         with contextlib.suppress(OSError):
@@ -250,15 +232,13 @@ class Workspace:
         store: Store,
         path: str,
         settings: WorkspaceSettings | None = None,
-        *,
-        pool: ThreadPoolExecutor | None = None,
     ) -> Workspace:
         settings = settings or WorkspaceSettings()
         settings.validate()
         real = validate_workspace_path(path)
         check_placement(store, real)
         rec = store.ensure_workspace(real, settings.to_dict())
-        return cls(store, rec.id, real, settings, pool=pool)
+        return cls(store, rec.id, real, settings)
 
     def start_watcher(self) -> None:
         if self.watcher is None:
@@ -349,7 +329,7 @@ class Workspace:
             watcher.barrier()
             taken = watcher.take()
             if not taken.full and not full:
-                hints = Hints(taken.paths | self._racy_paths, taken.subtrees)
+                hints = Hints(taken.paths, taken.subtrees)
         if full:
             hints = None
         try:
@@ -370,7 +350,6 @@ class Workspace:
             self.excludes,
             sink,
             fine_timestamps=self.fine_timestamps,
-            pool=self.pool,
             links=self.links,
             # New exclude rules may un-exclude names no listing recorded: list everything.
             trust_dir_mtime=self.trust_dir_mtime and not excludes_changed,
@@ -379,7 +358,9 @@ class Workspace:
             scanner.full()
             self.links, self._links_known = scanner.found_links, True
         else:
-            scanner.paths(hints.paths, hints.subtrees)
+            # Racy entries (coarse timestamps, large files caught mid-write) are re-checked by
+            # every hinted pass, whoever gave the hints.
+            scanner.paths(hints.paths | self._racy_paths, hints.subtrees)
         scanner.stats.scan = "full" if full else "hinted"
         scanners = [scanner]
         if scanner.ignore_file_changed and self._refresh_excludes():
@@ -389,7 +370,6 @@ class Workspace:
                 self.excludes,
                 sink,
                 fine_timestamps=self.fine_timestamps,
-                pool=self.pool,
             )
             again.full()
             self.links = again.found_links
@@ -636,8 +616,6 @@ def fork(
     snapshot_id: str,
     new_path: str,
     settings: WorkspaceSettings | None = None,
-    *,
-    pool: ThreadPoolExecutor | None = None,
 ) -> tuple[Workspace, SnapshotRecord]:
     """Restore a snapshot into a new, empty directory that becomes a new workspace."""
     src = store.find_snapshot(snapshot_id)
@@ -659,7 +637,7 @@ def fork(
         origin_ws = store.get_workspace_by_id(src.workspace_id)
         settings = WorkspaceSettings.from_dict(origin_ws.settings if origin_ws else {})
     try:
-        ws = Workspace.open(store, new_path, settings, pool=pool)
+        ws = Workspace.open(store, new_path, settings)
     except BaseException:
         if created:
             with contextlib.suppress(OSError):

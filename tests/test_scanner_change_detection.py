@@ -8,7 +8,7 @@ import time
 import pytest
 from treeutil import capture, read, write
 
-from snapd import browse
+from snapd import browse, scanner
 from snapd.store.store import Store
 from snapd.workspace import Hints, Workspace, WorkspaceSettings
 
@@ -32,6 +32,9 @@ def build(root: str, n: int = 40) -> None:
 
 def test_unchanged_second_snapshot_reads_no_files(ws, ws_dir, store) -> None:
     build(ws_dir)
+    # A large file written in the last HOT_NS may be mid-write and is read again next time:
+    # let the tree settle first (a precondition, not a timing assertion).
+    time.sleep(scanner.HOT_NS / 1e9 * 2)
     first = ws.snapshot()
     assert first.stats["read_files"] == 41
     second = ws.snapshot()
@@ -137,6 +140,7 @@ def test_hint_based_snapshot_equals_a_full_walk(tmp_path, store) -> None:
     build(str(hinted_dir))
     write(hinted_dir, "c/keep.txt", "c\n")
     write(hinted_dir, "gone/x", "x\n")
+    time.sleep(scanner.HOT_NS / 1e9 * 2)  # big.bin must not be "just written" (re-read)
     ws = Workspace.open(store, str(hinted_dir), WorkspaceSettings(watch=False))
     try:
         ws.snapshot()

@@ -63,16 +63,19 @@ from .format import (
     encode_record,
     record_header_size,
 )
+from .idfilter import IdFilter
 from .packs import PackReader, PackWriter, pack_filename
 
 SECRET_FILE = "secret"
 CATALOG_FILE = "catalog.db"
 PACKS_DIR = "packs"
 LOCK_FILE = "lock"
+GATE_FILE = "gate"
 
 # Flush pending objects to a pack once this much raw content is buffered.
 FLUSH_RAW_BYTES = 16 * 1024 * 1024
 FLUSH_OBJECTS = 4096
+INSERT_ROWS = 100  # rows per INSERT statement (8 values each, SQLite allows 32766)
 # A delta this small relative to the raw content is taken without trying plain compression.
 GOOD_DELTA_RATIO = 8
 
@@ -160,6 +163,8 @@ class Store:
         self._tree_cache_entries = 0
         self._tree_cache_lock = threading.Lock()
         self.tree_cache_limit = 400_000  # decoded entries kept in memory
+        self._ids: IdFilter | None = None  # built on the first write
+        self._ids_lock = threading.Lock()
         self.closed = False
         self.last_recovery: dict | None = None
 
@@ -266,27 +271,71 @@ class Store:
     # --- locks --------------------------------------------------------------------------------
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
-        """Hold off garbage collection while objects are being read or reused."""
+        """Hold off garbage collection while objects are being read or reused.
+
+        A reader passes through the gate (a moment's shared flock on `gate`) before taking
+        `lock` shared; a collector that holds the gate exclusively therefore stops new readers
+        while the ones in flight finish, so it gets its turn under a steady stream of snapshots
+        (a plain reader-writer flock starves it).
+        """
+        gate = os.open(
+            os.path.join(self.root, GATE_FILE), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
         fd = os.open(os.path.join(self.root, LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                fcntl.flock(gate, fcntl.LOCK_SH)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            finally:
+                os.close(gate)
             yield
         finally:
             os.close(fd)
 
     @contextlib.contextmanager
-    def exclusive(self, *, blocking: bool = False) -> Iterator[bool]:
-        """Exclusive lock for deleting objects. Yields False if not blocking and it is busy."""
+    def exclusive(self, *, blocking: bool = False, wait: float = 0.1) -> Iterator[bool]:
+        """Exclusive lock for deleting objects. Yields False if not blocking and it is busy.
+
+        Holds the gate while it waits up to `wait` seconds for readers in flight, then lets new
+        readers in again and retries (blocking) or gives up (not blocking): a long snapshot in
+        flight delays others by at most `wait`, and a reader that nests a second shared()
+        cannot deadlock with it.
+        """
+        gate = os.open(
+            os.path.join(self.root, GATE_FILE), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
         fd = os.open(os.path.join(self.root, LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
+            while True:
+                got = False
+                try:
+                    fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    got_gate = True
+                except BlockingIOError:
+                    got_gate = False  # another collector is at the gate
+                if got_gate:
+                    deadline = time.monotonic() + wait
+                    while True:
+                        try:
+                            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                            got = True
+                            break
+                        except BlockingIOError:
+                            if time.monotonic() >= deadline:
+                                break
+                            time.sleep(0.001)
+                if got:
+                    break
+                if got_gate:
+                    fcntl.flock(gate, fcntl.LOCK_UN)
+                if not blocking:
+                    yield False
+                    return
+                time.sleep(0.01)
             yield True
         finally:
             os.close(fd)
+            os.close(gate)
 
     # --- packs --------------------------------------------------------------------------------
     def _register_pack(self, name: str, size: int) -> int:
@@ -435,6 +484,23 @@ class Store:
     # --- writing objects ----------------------------------------------------------------------
     def writer(self) -> ObjectWriter:
         return ObjectWriter(self)
+
+    def might_have(self, oid: bytes) -> bool:
+        """False: certainly not stored (the caller may skip the index lookup)."""
+        ids = self._ids
+        if ids is None or ids.full:
+            with self._ids_lock:
+                ids = self._ids
+                if ids is None or ids.full:
+                    ids = self._ids = self._build_filter()
+        return ids.might_contain(oid)
+
+    def _build_filter(self) -> IdFilter:
+        rows = self.query("SELECT id FROM objects")
+        ids = IdFilter(2 * len(rows))
+        for (oid,) in rows:
+            ids.add(oid)
+        return ids
 
     # --- statistics ---------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -674,38 +740,63 @@ class Store:
     ) -> None:
         live: dict[int, int] = {}
         ends: dict[int, int] = {}
+        fresh: list[tuple[_Pending, int, int, int]] = []
         for r, (pack_id, offset, length) in zip(records, placed, strict=True):
             ends[pack_id] = max(ends.get(pack_id, 0), offset + length)
-            if r.repair:
-                old = conn.execute("SELECT pack, length, base FROM objects WHERE id=?", (r.oid,))
-                row = old.fetchone()
-                if row is not None:
-                    conn.execute(
-                        "UPDATE objects SET codec=?, pack=?, offset=?, length=?, base=? WHERE id=?",
-                        (r.codec, pack_id, offset, length, r.base, r.oid),
-                    )
-                    live[row[0]] = live.get(row[0], 0) - row[1]
-                    live[pack_id] = live.get(pack_id, 0) + length
-                    if r.base is not None:
-                        _incref(conn, [r.base])
-                    if row[2] is not None:
-                        _decref(conn, row[2])
-                    continue
-            cur = conn.execute(
+            if r.repair and self._repoint(conn, r, pack_id, offset, length, live):
+                continue
+            fresh.append((r, pack_id, offset, length))
+        # Many rows per statement; RETURNING tells which ones were really inserted (another
+        # writer may have stored the same object first: then ours is dead bytes in the pack).
+        inserted: set[bytes] = set()
+        for i in range(0, len(fresh), INSERT_ROWS):
+            batch = fresh[i : i + INSERT_ROWS]
+            sql = (
                 "INSERT INTO objects(id, kind, codec, pack, offset, length, raw_size, base, refs) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT(id) DO NOTHING",
-                (r.oid, r.kind, r.codec, pack_id, offset, length, len(r.raw), r.base),
+                "VALUES "
+                + ",".join(["(?,?,?,?,?,?,?,?,0)"] * len(batch))
+                + " ON CONFLICT(id) DO NOTHING RETURNING id"
             )
-            if cur.rowcount != 1:
-                continue  # another writer stored it first; our copy is dead bytes in the pack
+            args: list = []
+            for r, pack_id, offset, length in batch:
+                args += (r.oid, r.kind, r.codec, pack_id, offset, length, len(r.raw), r.base)
+            inserted.update(row[0] for row in conn.execute(sql, args).fetchall())
+        children_refs: list[bytes] = []  # references the new objects take, in one statement
+        ids = self._ids
+        for r, pack_id, _offset, length in fresh:
+            if r.oid not in inserted:
+                continue
+            inserted.discard(r.oid)  # a duplicate in the batch counts once
+            if ids is not None:
+                ids.add(r.oid)
             live[pack_id] = live.get(pack_id, 0) + length
-            children = r.children + ([r.base] if r.base is not None else [])
-            if children:
-                _incref(conn, children)
+            children_refs += r.children
+            if r.base is not None:
+                children_refs.append(r.base)
+        if children_refs:
+            _incref(conn, children_refs)
         for pack_id, n in live.items():
             conn.execute("UPDATE packs SET live = live + ? WHERE id = ?", (n, pack_id))
         for pack_id, end in ends.items():
             conn.execute("UPDATE packs SET size = max(size, ?) WHERE id = ?", (end, pack_id))
+
+    @staticmethod
+    def _repoint(conn, r: _Pending, pack_id: int, offset: int, length: int, live: dict) -> bool:
+        """Point a damaged object's index row at a fresh copy; False if the row is gone."""
+        row = conn.execute("SELECT pack, length, base FROM objects WHERE id=?", (r.oid,)).fetchone()
+        if row is None:
+            return False
+        conn.execute(
+            "UPDATE objects SET codec=?, pack=?, offset=?, length=?, base=? WHERE id=?",
+            (r.codec, pack_id, offset, length, r.base, r.oid),
+        )
+        live[row[0]] = live.get(row[0], 0) - row[1]
+        live[pack_id] = live.get(pack_id, 0) + length
+        if r.base is not None:
+            _incref(conn, [r.base])
+        if row[2] is not None:
+            _decref(conn, row[2])
+        return True
 
     def _flush(self, writer: ObjectWriter) -> None:
         records = writer._take_pending()
@@ -769,7 +860,7 @@ class ObjectWriter:
                 raise _collision(oid)
             self.reused += 1
             return oid
-        info = store.object_info(oid)
+        info = store.object_info(oid) if store.might_have(oid) else None
         repair = False
         if info is not None:
             try:
@@ -1024,9 +1115,10 @@ def _create_store(root: str) -> None:
         finally:
             os.close(fd)
         os.rename(tmp, secret_path)
-    lock = os.path.join(root, LOCK_FILE)
-    if not os.path.exists(lock):
-        os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for name in (LOCK_FILE, GATE_FILE):
+        path = os.path.join(root, name)
+        if not os.path.exists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
     conn = connect(os.path.join(root, CATALOG_FILE))
     try:
         init_schema(conn)
