@@ -25,7 +25,6 @@ from .ignore import IGNORE_FILE, INTERNAL_PREFIX, Excludes, is_internal
 from .index import DirNode, FileNode, Node, lookup, walk
 from .store.format import (
     ENTRY_CHUNKED,
-    ENTRY_DIR,
     ENTRY_FILE,
     ENTRY_SYMLINK,
     KIND_CHUNKLIST,
@@ -355,50 +354,44 @@ class Scanner:
         Names are stat'ed through the root descriptor (the metadata of a path that a hostile
         process redirects can mislead only this check; content is always read through
         descriptors opened beneath the root without following symlinks). Anything unexpected
-        (a name gone, a type changed) falls back to listing the directory.
+        (a name gone, a type changed) undoes this pass's candidates and lists the directory.
         """
         rootfd = self.rootfd
-        found = []
-        try:
-            for name, child in node.entries.items():
-                st = os.stat(path + b"/" + name, dir_fd=rootfd, follow_symlinks=False)
-                fmt = st.st_mode & S_IFMT
-                kind = ENTRY_DIR if child.__class__ is DirNode else child.kind
-                if fmt != _FMT_OF_KIND[kind]:
-                    raise _Rescan()
-                found.append((name, child, st))
-        except (OSError, _Rescan):
-            self._relist(path, chain[-1], chain, split(path)[1], node)
-            return
+        stat_at = os.stat
+        candidates = self._candidates
+        mark = len(candidates)
+        prefix = path + b"/"
+        files = size = 0
         chain.append(node)
         try:
-            stats = self.stats
-            for name, child, st in found:
-                p = path + b"/" + name
-                if child.__class__ is DirNode:
-                    stats.dirs += 1
-                    if _listing_holds(child, st):
-                        child = self._dir_node(node, chain, name, p, st, child)
-                        self._scan_known(p, child, chain)
-                    else:
-                        self._relist(p, node, chain, name, child)
-                elif child.kind == ENTRY_SYMLINK:
-                    stats.symlinks += 1
-                    if not (
-                        child.mtime_ns == st.st_mtime_ns
-                        and child.ctime_ns == st.st_ctime_ns
-                        and child.ino == st.st_ino
-                        and not child.racy
-                    ):
-                        try:
-                            target = os.readlink(p, dir_fd=rootfd)
-                        except OSError:  # replaced since the stat: the next walk sees it
-                            node.racy = True
-                            continue
-                        self._set(node, chain, name, p, self._symlink_node(st, target))
-                else:
-                    stats.files += 1
-                    stats.bytes += st.st_size
+            for name, child in node.entries.items():
+                p = prefix + name
+                try:
+                    st = stat_at(p, dir_fd=rootfd, follow_symlinks=False)
+                except OSError:
+                    break  # gone (or unreadable) although the listing held: list it
+                fmt = st.st_mode & S_IFMT
+                if child.__class__ is FileNode:
+                    if child.kind == ENTRY_SYMLINK:
+                        if fmt != S_IFLNK:
+                            break
+                        self.stats.symlinks += 1
+                        if not (
+                            child.mtime_ns == st.st_mtime_ns
+                            and child.ctime_ns == st.st_ctime_ns
+                            and child.ino == st.st_ino
+                            and not child.racy
+                        ):
+                            try:
+                                target = os.readlink(p, dir_fd=rootfd)
+                            except OSError:
+                                break
+                            self._set(node, chain, name, p, self._symlink_node(st, target))
+                        continue
+                    if fmt != S_IFREG:
+                        break
+                    files += 1
+                    size += st.st_size
                     if st.st_nlink > 1:
                         self.found_links.setdefault(st.st_ino, set()).add(p)
                     if (
@@ -411,9 +404,26 @@ class Scanner:
                     ):
                         continue
                     self._invalidate(chain)
-                    self._candidates.append((p, name, node, list(chain), child, st))
+                    candidates.append((p, name, node, list(chain), child, st))
+                    continue
+                if fmt != S_IFDIR:
+                    break
+                self.stats.dirs += 1
+                if _listing_holds(child, st):
+                    self._scan_known(p, self._dir_node(node, chain, name, p, st, child), chain)
+                else:
+                    self._relist(p, node, chain, name, child)
+            else:
+                self.stats.files += files
+                self.stats.bytes += size
+                return
         finally:
             chain.pop()
+        # The listing did not hold after all: forget what this pass queued below here (the
+        # listing redoes it) and list the directory.
+        del candidates[mark:]
+        node.racy = True
+        self._relist(path, chain[-1], chain, split(path)[1], node)
 
     def _relist(
         self, path: bytes, parent: DirNode, chain: list[DirNode], name: bytes, node: DirNode
@@ -765,14 +775,6 @@ def _listing_holds(old, st: os.stat_result) -> bool:
         and old.ctime_ns == st.st_ctime_ns
         and old.ino == st.st_ino
     )
-
-
-_FMT_OF_KIND = {
-    ENTRY_FILE: S_IFREG,
-    ENTRY_CHUNKED: S_IFREG,
-    ENTRY_SYMLINK: S_IFLNK,
-    ENTRY_DIR: S_IFDIR,
-}
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
