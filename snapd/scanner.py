@@ -49,6 +49,10 @@ RACY_MARGIN_NS = 100_000_000
 HOT_NS = 20_000_000
 MAX_READ_ATTEMPTS = 5
 REUSE_MIN = 32  # new files in one pass before looking for moved ones by inode
+# A store gets its dictionary from the first ingest of at least this many files.
+DICT_TRAIN_MIN = 500
+DICT_SAMPLES = 1000
+DICT_SAMPLE_MAX = 16 * 1024
 
 
 @dataclass
@@ -613,6 +617,8 @@ class Scanner:
         if not cands:
             return
         cands = self._reuse_moved(cands)
+        if len(cands) >= DICT_TRAIN_MIN:
+            self._maybe_train_dictionary(cands)
         # One thread: reading warm files, hashing and zstd are fast enough that handing work
         # to a thread pool cost more in GIL hand-offs than it saved (measured on 2 cores:
         # first snapshot of Django 5.0 1.6-1.8 s serial, 2.0-2.4 s with 1-3 workers).
@@ -634,6 +640,30 @@ class Scanner:
             self._scan_path(path, recursive=True)
         if self._candidates:
             self._ingest_candidates()
+
+    def _maybe_train_dictionary(self, cands: list[tuple]) -> None:
+        """Before a large ingest (a first snapshot), give the store a zstd dictionary trained
+        on a sample of its small files, if it has none (costs ~0.1 s, saves ~12% of space)."""
+        wants = getattr(self.sink, "wants_dictionary", None)
+        if wants is None or not wants():
+            return
+        small = [c for c in cands if 64 <= c[5].st_size <= DICT_SAMPLE_MAX]
+        if len(small) < DICT_TRAIN_MIN // 2:
+            return
+        step = max(1, len(small) // DICT_SAMPLES)
+        samples = []
+        for c in small[::step][:DICT_SAMPLES]:
+            try:
+                fd = open_beneath(self.rootfd, c[0], _O_FILE)
+            except OSError:
+                continue
+            try:
+                samples.append(read_all(fd, c[5].st_size))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        self.sink.install_dictionary(samples)
 
     def _reuse_moved(self, cands: list[tuple]) -> list[tuple]:
         """Files that only moved (a renamed directory) keep their content: same inode and stat

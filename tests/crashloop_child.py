@@ -108,8 +108,20 @@ def read_log(path: str) -> list[dict]:
             data = f.read()
     except FileNotFoundError:
         return []
-    lines = data.split(b"\n")
-    return [json.loads(line) for line in lines[:-1] if line]
+    out = []
+    for line in data.split(b"\n")[:-1]:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            # A record torn by a kill, with the next child's record appended after it: the
+            # torn one was never acknowledged, so it is not part of the log.
+            start = line.rfind(b'{"')
+            if start > 0:
+                try:
+                    out.append(json.loads(line[start:]))
+                except ValueError:
+                    pass
+    return out
 
 
 def append_line(path: str, obj: dict, *, fsync: bool) -> None:

@@ -25,6 +25,8 @@ KIND_NAMES = {KIND_DATA: "data", KIND_CHUNKLIST: "chunklist", KIND_TREE: "tree"}
 CODEC_RAW = 0  # stored as is (incompressible data)
 CODEC_ZSTD = 1  # one zstd frame
 CODEC_ZSTD_DELTA = 2  # one zstd frame compressed with the base object's content as raw dictionary
+CODEC_ZSTD_DICT = 3  # one zstd frame compressed with the base object (a trained zstd dictionary)
+BASED_CODECS = (CODEC_ZSTD_DELTA, CODEC_ZSTD_DICT)  # codecs whose record names a base object
 
 ID_SIZE = 16
 
@@ -71,29 +73,29 @@ class RecordHeader(NamedTuple):
     object_id: bytes
     raw_size: int
     stored_size: int
-    base: bytes | None  # present (16 bytes after the fixed header) only for CODEC_ZSTD_DELTA
+    base: bytes | None  # present (16 bytes after the fixed header) only for BASED_CODECS
 
 
 def encode_record(
     kind: int, codec: int, object_id: bytes, raw_size: int, payload: bytes, base: bytes | None
 ) -> bytes:
     head = RECORD_HEADER.pack(RECORD_MAGIC, kind, codec, object_id, raw_size, len(payload))
-    if codec == CODEC_ZSTD_DELTA:
+    if codec in BASED_CODECS:
         assert base is not None and len(base) == ID_SIZE
         return head + base + payload
     return head + payload
 
 
 def record_header_size(codec: int) -> int:
-    return RECORD_HEADER.size + (ID_SIZE if codec == CODEC_ZSTD_DELTA else 0)
+    return RECORD_HEADER.size + (ID_SIZE if codec in BASED_CODECS else 0)
 
 
 def decode_record_header(buf: bytes) -> RecordHeader:
     magic, kind, codec, oid, raw_size, stored = RECORD_HEADER.unpack_from(buf, 0)
-    if magic != RECORD_MAGIC or kind not in KINDS or codec > CODEC_ZSTD_DELTA:
+    if magic != RECORD_MAGIC or kind not in KINDS or codec > CODEC_ZSTD_DICT:
         raise ValueError("not a pack record")
     base = None
-    if codec == CODEC_ZSTD_DELTA:
+    if codec in BASED_CODECS:
         base = bytes(buf[RECORD_HEADER.size : RECORD_HEADER.size + ID_SIZE])
         if len(base) != ID_SIZE:
             raise ValueError("truncated pack record header")

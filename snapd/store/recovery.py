@@ -110,6 +110,9 @@ def _recover(store) -> dict:
                 conn.execute("DELETE FROM ws_index WHERE workspace=?", (ws_id,))
                 result["reset_workspaces"].append(ws_id)
         conn.executemany("DELETE FROM objects WHERE id=?", [(o,) for o in lost])
+        row = conn.execute("SELECT value FROM meta WHERE key='dictionary'").fetchone()
+        if row and bytes.fromhex(row[0]) in lost:
+            conn.execute("DELETE FROM meta WHERE key='dictionary'")  # a new one is trained
         # Packs now end where their file does; live bytes are what the index still references.
         for pack_id, name in conn.execute("SELECT id, name FROM packs").fetchall():
             path = os.path.join(store.packs_dir, pack_filename(name))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -50,6 +51,7 @@ from .catalog import (
 )
 from .format import (
     CODEC_ZSTD_DELTA,
+    CODEC_ZSTD_DICT,
     FORMAT_VERSION,
     KIND_CHUNKLIST,
     KIND_DATA,
@@ -66,6 +68,8 @@ from .format import (
 from .idfilter import IdFilter
 from .packs import PackReader, PackWriter, pack_filename
 
+log = logging.getLogger("snapd.store")
+
 SECRET_FILE = "secret"
 CATALOG_FILE = "catalog.db"
 PACKS_DIR = "packs"
@@ -76,6 +80,8 @@ GATE_FILE = "gate"
 FLUSH_RAW_BYTES = 16 * 1024 * 1024
 FLUSH_OBJECTS = 4096
 INSERT_ROWS = 100  # rows per INSERT statement (8 values each, SQLite allows 32766)
+# Data objects up to this size are compressed with the store's trained dictionary.
+DICT_MAX_SIZE = 16 * 1024
 # A delta this small relative to the raw content is taken without trying plain compression.
 GOOD_DELTA_RATIO = 8
 
@@ -164,6 +170,7 @@ class Store:
         self._tree_cache_lock = threading.Lock()
         self.tree_cache_limit = 400_000  # decoded entries kept in memory
         self._ids: IdFilter | None = None  # built on the first write
+        self._dictionary: tuple[bytes, bytes] | None = None
         self._ids_lock = threading.Lock()
         self.closed = False
         self.last_recovery: dict | None = None
@@ -430,20 +437,80 @@ class Store:
             raise DataLoss(f"object {oid.hex()}: pack record does not match the index")
         payload = rec[record_header_size(head.codec) :]
         base_raw = None
-        if head.codec == CODEC_ZSTD_DELTA:
-            if _depth > 0 or head.base is None:
-                raise DataLoss(f"object {oid.hex()}: delta chain deeper than one")
+        if head.base is not None:
+            # A delta's base is a full object (itself maybe dictionary-compressed); a
+            # dictionary is stored plain: at most two levels below any object.
+            if _depth > 1 or head.base is None:
+                raise DataLoss(f"object {oid.hex()}: base chain deeper than allowed")
             base_info = self.object_info(head.base)
             if base_info is None:
-                raise DataLoss(f"object {oid.hex()}: its delta base {head.base.hex()} is missing")
-            base_raw = self._read_info(base_info, _depth + 1)
+                raise DataLoss(f"object {oid.hex()}: its base {head.base.hex()} is missing")
+            if base_info.codec == CODEC_ZSTD_DELTA or (
+                head.codec == CODEC_ZSTD_DICT and base_info.codec == CODEC_ZSTD_DICT
+            ):
+                raise DataLoss(
+                    f"object {oid.hex()}: its base {head.base.hex()} is not a full object"
+                )
+            base_raw = (
+                self._dictionary_raw(base_info)
+                if head.codec == CODEC_ZSTD_DICT
+                else (self._read_info(base_info, _depth + 1))
+            )
         try:
-            raw = codecs.decompress(head.codec, payload, head.raw_size, base_raw)
+            raw = codecs.decompress(head.codec, payload, head.raw_size, base_raw, head.base)
         except Exception as e:
             raise DataLoss(f"object {oid.hex()} does not decompress: {e}") from e
         if len(raw) != head.raw_size or self.keys.object_id(info.kind, raw) != oid:
             raise DataLoss(f"object {oid.hex()} does not match its content address (corrupt)")
         return raw
+
+    # --- the trained dictionary ---------------------------------------------------------------
+    def _dictionary_raw(self, info: ObjectInfo) -> bytes:
+        cur = self._dictionary
+        if cur is not None and cur[0] == info.id:
+            return cur[1]
+        return self._read_info(info, 2)
+
+    def dictionary(self) -> tuple[bytes, bytes] | None:
+        """(id, raw) of the store's dictionary for small files, if one was trained."""
+        if self._dictionary is None:
+            rows = self.query("SELECT value FROM meta WHERE key='dictionary'")
+            if rows:
+                oid = bytes.fromhex(rows[0][0])
+                info = self.object_info(oid)
+                if info is not None:
+                    try:
+                        self._dictionary = (oid, self._read_info(info))
+                    except DataLoss:
+                        return None  # damaged: new small objects are compressed without it
+        return self._dictionary
+
+    def install_dictionary(self, samples: list[bytes]) -> bool:
+        """Train and store the dictionary (once per store); False if one exists already.
+
+        The caller holds the shared lock (an ObjectWriter). The dictionary is committed on its
+        own, with a reference from the catalog's meta table that keeps it alive, before any
+        object compressed with it can be committed.
+        """
+        if self.dictionary() is not None or len(samples) < 16:
+            return False
+        try:
+            raw = codecs.train_dictionary(samples)
+        except Exception as e:  # zstd refuses unsuitable samples: compress without
+            log.info("no dictionary trained: %s", e)
+            return False
+        oid = self.keys.object_id(KIND_DATA, raw)
+        codec, payload = codecs.compress(raw)
+        item = _Pending(oid, KIND_DATA, codec, raw, payload, None, [])
+        placed = self._append([item])
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM meta WHERE key='dictionary'").fetchone():
+                return False  # another process installed one meanwhile
+            self._insert_objects(conn, [item], placed)
+            _incref(conn, [oid])  # the meta reference
+            conn.execute("INSERT INTO meta(key, value) VALUES ('dictionary', ?)", (oid.hex(),))
+        self._dictionary = (oid, raw)
+        return True
 
     def read_tree(self, oid: bytes) -> list[TreeEntry]:
         with self._tree_cache_lock:
@@ -898,12 +965,28 @@ class ObjectWriter:
                 delta = codecs.compress_delta(raw, base_data)
                 if len(delta) * GOOD_DELTA_RATIO <= len(raw):
                     return CODEC_ZSTD_DELTA, delta, base_id
-                codec, payload = codecs.compress(raw)
+                codec, payload, dict_id = self._plain(kind, raw)
                 if len(delta) < len(payload):
                     return CODEC_ZSTD_DELTA, delta, base_id
-                return codec, payload, None
+                return codec, payload, dict_id
+        return self._plain(kind, raw)
+
+    def _plain(self, kind: int, raw: bytes) -> tuple[int, bytes, bytes | None]:
+        """Compress without a delta: small data with the store's dictionary when it has one."""
+        if kind == KIND_DATA and codecs.MIN_COMPRESS_SIZE <= len(raw) <= DICT_MAX_SIZE:
+            d = self.store.dictionary()
+            if d is not None:
+                z = codecs.compress_with_dict(raw, d[0], d[1])
+                if len(z) < len(raw):
+                    return CODEC_ZSTD_DICT, z, d[0]
         codec, payload = codecs.compress(raw)
         return codec, payload, None
+
+    def install_dictionary(self, samples: list[bytes]) -> bool:
+        return self.store.install_dictionary(samples)
+
+    def wants_dictionary(self) -> bool:
+        return self.store.dictionary() is None
 
     def _delta_base(self, kind: int, base: bytes) -> tuple[bytes, bytes] | None:
         """The full (non-delta) object to delta against: `base` or its own base."""
@@ -912,7 +995,7 @@ class ObjectWriter:
         if p is not None:
             if p.kind != kind:
                 return None
-            if p.base is None:
+            if p.codec != CODEC_ZSTD_DELTA:
                 return base, p.raw
             base = p.base
         info = self.store.object_info(base)

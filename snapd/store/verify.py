@@ -178,6 +178,9 @@ def recount_refs(store: Store, *, take_lock: bool = True) -> dict:
     with lock, store.transaction() as conn:
         for (root,) in conn.execute("SELECT root_tree FROM snapshots").fetchall():
             counts[root] = counts.get(root, 0) + 1
+        for (hexid,) in conn.execute("SELECT value FROM meta WHERE key='dictionary'").fetchall():
+            d = bytes.fromhex(hexid)
+            counts[d] = counts.get(d, 0) + 1
         for (head,) in conn.execute(
             "SELECT head_tree FROM workspaces WHERE head_tree IS NOT NULL"
         ).fetchall():
