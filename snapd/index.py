@@ -26,7 +26,7 @@ from .store.format import (
 class FileNode:
     """A regular file or a symlink. ref: content id (file), chunk-list id (chunked) or target."""
 
-    __slots__ = ("ctime_ns", "ino", "kind", "mode", "mtime_ns", "racy", "ref", "size")
+    __slots__ = ("ctime_ns", "ino", "key", "kind", "mode", "mtime_ns", "racy", "ref", "size")
 
     def __init__(
         self,
@@ -47,6 +47,13 @@ class FileNode:
         self.ctime_ns = ctime_ns
         self.ino = ino
         self.racy = racy  # stat data cannot vouch for the content: re-read on the next scan
+        # The stat data a regular file must show to be unchanged, as one tuple so that the hot
+        # loop of a walk compares it in one step (None: racy or a symlink, always checked).
+        self.key = (
+            None
+            if racy or kind == ENTRY_SYMLINK
+            else (size, mtime_ns, ctime_ns, ino, mode | 0o100000)
+        )
 
     def entry(self, name: bytes) -> TreeEntry:
         return TreeEntry(name, self.kind, self.mode, self.mtime_ns, self.size, self.ref)

@@ -277,13 +277,7 @@ class Scanner:
                     if (
                         old is not None
                         and old.__class__ is FileNode
-                        and old.size == st.st_size
-                        and old.mtime_ns == st.st_mtime_ns
-                        and old.ctime_ns == st.st_ctime_ns
-                        and old.ino == st.st_ino
-                        and old.mode == mode & 0o7777
-                        and not old.racy
-                        and old.kind != ENTRY_SYMLINK
+                        and old.key == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, mode)
                     ):
                         continue
                     self._invalidate(chain)
@@ -361,7 +355,7 @@ class Scanner:
         (a name gone, a type changed) undoes this pass's candidates and lists the directory.
         """
         rootfd = self.rootfd
-        stat_at = os.stat
+        lstat = os.lstat
         candidates = self._candidates
         mark = len(candidates)
         prefix = path + b"/"
@@ -371,9 +365,21 @@ class Scanner:
             for name, child in node.entries.items():
                 p = prefix + name
                 try:
-                    st = stat_at(p, dir_fd=rootfd, follow_symlinks=False)
+                    st = lstat(p, dir_fd=rootfd)
                 except OSError:
                     break  # gone (or unreadable) although the listing held: list it
+                if child.__class__ is FileNode and child.key == (
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    st.st_ino,
+                    st.st_mode,
+                ):
+                    files += 1
+                    size += st.st_size
+                    if st.st_nlink > 1:
+                        self.found_links.setdefault(st.st_ino, set()).add(p)
+                    continue  # the common case: an unchanged regular file
                 fmt = st.st_mode & S_IFMT
                 if child.__class__ is FileNode:
                     if child.kind == ENTRY_SYMLINK:
