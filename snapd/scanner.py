@@ -281,7 +281,7 @@ class Scanner:
                     ):
                         continue
                     self._invalidate(chain)
-                    self._candidates.append((prefix + name, name, node, list(chain), old, st))
+                    self._candidates.append((prefix + name, name, node, old, _key(st)))
                     if old is None:
                         new_files += 1
                 elif fmt == S_IFDIR:
@@ -414,7 +414,7 @@ class Scanner:
                     ):
                         continue
                     self._invalidate(chain)
-                    candidates.append((p, name, node, list(chain), child, st))
+                    candidates.append((p, name, node, child, _key(st)))
                     continue
                 if fmt != S_IFDIR:
                     break
@@ -594,7 +594,7 @@ class Scanner:
             ):
                 return
             self._invalidate(chain)
-            self._candidates.append((rel, name, parent, list(chain), old, st))
+            self._candidates.append((rel, name, parent, old, _key(st)))
         elif fmt == stat.S_IFLNK:
             try:
                 target = os.readlink(name, dir_fd=pfd)
@@ -630,12 +630,13 @@ class Scanner:
         # first snapshot of Django 5.0 1.6-1.8 s serial, 2.0-2.4 s with 1-3 workers).
         results = [self._ingest_safe(c) for c in cands]
         rescan = []
-        for (path, name, parent, chain, _old, _st), res in zip(cands, results, strict=True):
+        for (path, name, parent, _old, _key), res in zip(cands, results, strict=True):
+            # Queuing a candidate invalidated its directory and the ones above it already.
             if isinstance(res, FileNode):
-                self._set(parent, chain, name, path, res)
+                self._set(parent, (parent,), name, path, res)
             elif res is None:
                 self.stats.vanished += 1
-                self._remove(parent, chain, name, path)
+                self._remove(parent, (parent,), name, path)
             elif isinstance(res, _Rescan):
                 rescan.append(path)
             elif isinstance(res, OSError):
@@ -653,7 +654,7 @@ class Scanner:
         wants = getattr(self.sink, "wants_dictionary", None)
         if wants is None or not wants():
             return
-        small = [c for c in cands if 64 <= c[5].st_size <= DICT_SAMPLE_MAX]
+        small = [c for c in cands if 64 <= c[4][0] <= DICT_SAMPLE_MAX]
         if len(small) < DICT_TRAIN_MIN // 2:
             return
         step = max(1, len(small) // DICT_SAMPLES)
@@ -664,7 +665,7 @@ class Scanner:
             except OSError:
                 continue
             try:
-                samples.append(read_all(fd, c[5].st_size))
+                samples.append(read_all(fd, c[4][0]))
             except OSError:
                 pass
             finally:
@@ -674,7 +675,7 @@ class Scanner:
     def _reuse_moved(self, cands: list[tuple]) -> list[tuple]:
         """Files that only moved (a renamed directory) keep their content: same inode and stat
         data as a file read before means the same bytes, so they are not read again."""
-        new = [c for c in cands if c[4] is None]
+        new = [c for c in cands if c[3] is None]
         if len(new) < REUSE_MIN or not (self._removed_files or self._had_files):
             return cands
         by_ino: dict[int, FileNode] = {n.ino: n for n in self._removed_files}
@@ -683,19 +684,12 @@ class Scanner:
                 by_ino.setdefault(n.ino, n)
         rest = []
         for c in cands:
-            path, name, parent, chain, old, st = c
-            m = by_ino.get(st.st_ino) if old is None else None
-            if (
-                m is not None
-                and not m.racy
-                and m.size == st.st_size
-                and m.mtime_ns == st.st_mtime_ns
-                and m.ctime_ns == st.st_ctime_ns
-                and m.mode == st.st_mode & 0o7777
-            ):
+            path, name, parent, old, key = c
+            m = by_ino.get(key[3]) if old is None else None
+            if m is not None and m.key == key:
                 self._set(
                     parent,
-                    chain,
+                    (parent,),
                     name,
                     path,
                     FileNode(m.kind, m.mode, m.size, m.mtime_ns, m.ref, m.ctime_ns, m.ino, False),
@@ -707,7 +701,7 @@ class Scanner:
 
     def _ingest_safe(self, cand):
         try:
-            return self._ingest(cand[0], cand[4])
+            return self._ingest(cand[0], cand[3])
         except (_Rescan, OSError, Aborted) as e:
             return e
 
@@ -799,6 +793,11 @@ class _FdReader:
         n = os.preadv(self.fd, [buf], self.pos)
         self.pos += n
         return n
+
+
+def _key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """The stat data a candidate keeps (a stat_result is three times larger)."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
 
 
 def _listing_holds(old, st: os.stat_result) -> bool:
