@@ -704,6 +704,11 @@ def test_daemon_serves_in_the_units_sandbox(unit: Path, namespaces: bool, tmp_pa
             # the notify socket's directory stays visible, as systemd's is.
             launcher += ["--rw", str(base), "--rw", str(ws)]
             launcher += ["--ro", os.path.dirname(self.notify_path)]
+            # The installed code, as /opt/snapd-workspace/venv is for the real unit: visible
+            # even when this checkout lives under /tmp, which PrivateTmp= hides.
+            for code in {sys.prefix, str(Path(__file__).resolve().parents[1])}:
+                if code.startswith("/tmp/"):
+                    launcher += ["--ro", code]
             launcher += [] if namespaces else ["--no-namespaces"]
             return [*launcher, "--", *super().command()]
 
