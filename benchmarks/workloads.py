@@ -520,6 +520,268 @@ class SyntheticEdits(Workload):
         return steps
 
 
+# --- edits of real files in a real tree -----------------------------------------------------------
+# Files an agent edits: source and text. Larger files are left alone (minified bundles, data).
+TEXT_SUFFIXES = (
+    ".js", ".mjs", ".cjs", ".jsx", ".ts", ".mts", ".cts", ".tsx", ".json", ".md", ".py",
+    ".txt", ".html", ".css", ".scss", ".yml", ".yaml", ".rst", ".d.ts", ".map",
+)  # fmt: skip
+MAX_EDITED_SIZE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class TreeFile:
+    rel: str
+    size: int
+    mode: int  # permission bits
+
+
+def list_tree_files(root: Path | str) -> list[TreeFile]:
+    """Regular files below root (sorted by path; symlinks and engine temporaries skipped)."""
+    out: list[TreeFile] = []
+    base = os.fspath(root)
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, base)
+        for name in sorted(filenames):
+            if os.fsencode(name).startswith(ENGINE_INTERNAL_PREFIX):
+                continue
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode):
+                rel = name if rel_dir == "." else os.path.join(rel_dir, name)
+                out.append(TreeFile(rel, st.st_size, stat.S_IMODE(st.st_mode)))
+    out.sort(key=lambda f: f.rel)
+    return out
+
+
+class CopyTreeStep(Step):
+    """Step 0 of a real-tree workload: copy the whole tree into the empty workspace (cp -a)."""
+
+    def __init__(self, label: str, source: Path) -> None:
+        self.label = label
+        self.source = source
+
+    def apply(self, workspace: Path) -> ApplyStats:
+        copy_tree(self.source, workspace)
+        return ApplyStats(files_created=len(list_tree_files(workspace)))
+
+
+def copy_tree(src: Path | str, dst: Path | str) -> None:
+    """Copy src's contents into dst (created if missing): bytes, modes, symlinks, mtimes.
+
+    `cp -a` copies a 100k-file tree several times faster than shutil.copytree.
+    """
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", "--", f"{os.fspath(src)}/.", os.fspath(dst)], check=True)
+
+
+def copy_files(src: Path | str, files: Iterable[TreeFile], dst: Path | str) -> None:
+    """Copy the given files (relative paths kept, modes kept) from src into dst."""
+    made: set[str] = set()
+    for f in files:
+        parent = os.path.dirname(f.rel)
+        if parent not in made:
+            os.makedirs(os.path.join(dst, parent), exist_ok=True)
+            made.add(parent)
+        target = os.path.join(dst, f.rel)
+        shutil.copyfile(os.path.join(src, f.rel), target)
+        os.chmod(target, f.mode)
+
+
+class RealFileEdits(Workload):
+    """An existing tree, then a fixed-seed edit stream over its real files.
+
+    Step 0 copies `base` into the empty workspace. Every later step modifies `modify` existing
+    text files (a few lines replaced, some appended, as an agent's edit), adds `add` new files
+    next to existing ones (a real file's text with an edit, so they look like the tree's code)
+    and deletes `delete` files (emptied directories go too). All choices come from
+    random.Random(seed) over the sorted file list, so every run sees the same steps.
+
+    steps() reads `base` once (the file list and the bytes of the files it edits): call it
+    before anything changes `base`. With copy_base=False step 0 does nothing (the caller has
+    put the tree in place, e.g. the workspace is `base` itself).
+    """
+
+    def __init__(
+        self,
+        base: Path | str,
+        *,
+        steps: int = 51,
+        seed: int = 1,
+        modify: int = 10,
+        add: int = 2,
+        delete: int = 1,
+        name: str = "real-file-edits",
+        copy_base: bool = True,
+    ) -> None:
+        self.base = Path(base)
+        self.name = name
+        self.n_steps, self.seed = steps, seed
+        self.modify, self.add, self.delete = modify, add, delete
+        self.copy_base = copy_base
+        self._steps: list[Step] | None = None
+        self.files: list[TreeFile] | None = None  # the base tree's files (after steps())
+
+    def describe(self) -> str:
+        count = f"{len(self.files)} files" if self.files is not None else str(self.base)
+        return (
+            f"{self.name}: {count}, then {self.modify} modified / {self.add} added / "
+            f"{self.delete} deleted per step, seed {self.seed}"
+        )
+
+    def steps(self) -> list[Step]:
+        if self._steps is None:
+            self._steps = self._generate()
+        return self._steps
+
+    def _generate(self) -> list[Step]:
+        rng = random.Random(self.seed)
+        self.files = list_tree_files(self.base)
+        modes = {f.rel: f.mode for f in self.files}
+        existing = set(modes)
+        editable = sorted(
+            f.rel for f in self.files if f.size <= MAX_EDITED_SIZE and f.rel.endswith(TEXT_SUFFIXES)
+        )
+        edited: dict[str, bytes] = {}  # current bytes of files a step has written
+        counter = 0
+
+        def current(rel: str) -> bytes:
+            data = edited.get(rel)
+            return data if data is not None else (self.base / rel).read_bytes()
+
+        def edit(data: bytes) -> bytes:
+            lines = data.split(b"\n")
+            at = rng.randrange(len(lines))
+            lines[at : at + rng.randint(0, 3)] = _text_lines(rng, rng.randint(1, 4))
+            return b"\n".join(lines) + b"\n".join(_text_lines(rng, rng.randint(0, 3)))
+
+        first: Step = (
+            CopyTreeStep("initial tree", self.base)
+            if self.copy_base
+            else SyntheticStep("initial tree (in place)")
+        )
+        steps: list[Step] = [first]
+        for n in range(1, self.n_steps):
+            step = SyntheticStep(f"edit {n}")
+            pool = [rel for rel in editable if rel in existing]
+            for rel in rng.sample(pool, min(self.modify, len(pool))):
+                data = edit(current(rel))
+                edited[rel] = data
+                step.writes.append((rel, data, modes[rel]))
+            touched = {w[0] for w in step.writes}
+            for _ in range(self.add):
+                counter += 1
+                like = rng.choice(pool)
+                _stem, dot, suffix = os.path.basename(like).partition(".")
+                rel = os.path.join(os.path.dirname(like), f"snapd_bench_{counter}{dot}{suffix}")
+                data = edit(current(like))
+                edited[rel] = data
+                modes[rel] = 0o644
+                existing.add(rel)
+                touched.add(rel)
+                step.writes.append((rel, data, 0o644))
+            candidates = sorted(existing - touched)
+            for rel in rng.sample(candidates, min(self.delete, len(candidates))):
+                existing.discard(rel)
+                edited.pop(rel, None)
+                step.deletes.append(rel)
+            steps.append(step)
+        return steps
+
+
+def _text_lines(rng: random.Random, n: int) -> list[bytes]:
+    return [
+        b"    " * rng.randrange(3) + b" ".join(rng.choices(_WORDS, k=rng.randint(2, 12)))
+        for _ in range(n)
+    ]
+
+
+# --- node_modules of popular npm packages + the Django source tree --------------------------------
+# package.json + package-lock.json (exact versions, integrity hashes) of the npm part.
+NPM_MANIFEST_DIR = BENCH_DIR / "npm"
+
+
+class NodeModulesDjango(RealFileEdits):
+    """A workspace of an agent on a web project: an npm-installed node_modules plus Django's source.
+
+    The tree (cached in <cache>/node-django/tree after the first run) is
+    `package.json`, `package-lock.json`, `node_modules/` from `npm ci --ignore-scripts` of the
+    pinned manifests in benchmarks/npm/ (typescript, webpack, babel, eslint, react, next, jest,
+    lodash, MUI, the AWS SDKs, angular, ...; about 101k files, 1.1 GB), and `django/`, the Django
+    5.0 sdist from DjangoReleases (6.8k files). Then RealFileEdits' steps over its real files.
+
+    npm's download cache is kept in <cache>/npm/_cacache, so a rebuild after deleting the tree
+    needs no network. The tree is rebuilt when the manifests or the Django version change.
+    """
+
+    def __init__(
+        self,
+        *,
+        steps: int = 51,
+        seed: int = 1,
+        modify: int = 10,
+        add: int = 2,
+        delete: int = 1,
+        cache_dir: Path | None = None,
+        django_version: str = "5.0",
+        manifest_dir: Path = NPM_MANIFEST_DIR,
+    ) -> None:
+        self.cache = Path(cache_dir or CACHE_DIR)
+        self.django = DjangoReleases([django_version], self.cache)
+        self.django_version = django_version
+        self.manifest_dir = Path(manifest_dir)
+        super().__init__(
+            self.cache / "node-django" / "tree",
+            steps=steps,
+            seed=seed,
+            modify=modify,
+            add=add,
+            delete=delete,
+            name="node_modules + Django",
+        )
+
+    def _stamp(self) -> str:
+        h = hashlib.sha256()
+        for name in ("package.json", "package-lock.json"):
+            h.update((self.manifest_dir / name).read_bytes())
+        h.update(f"django {self.django_version}".encode())
+        return h.hexdigest()
+
+    def prepare(self, log: Log = _quiet) -> None:
+        stamp_file = self.base.parent / "tree.stamp"
+        stamp = self._stamp()
+        if self.base.is_dir() and stamp_file.exists() and stamp_file.read_text() == stamp:
+            return
+        self.django.prepare(log)
+        parent = self.base.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        if self.base.exists():
+            log(f"the npm manifests or Django version changed: rebuilding {self.base}")
+            shutil.rmtree(self.base)
+        build = Path(tempfile.mkdtemp(prefix=".build-", dir=parent))
+        try:
+            for name in ("package.json", "package-lock.json"):
+                shutil.copyfile(self.manifest_dir / name, build / name)
+            log(f"npm ci of {self.manifest_dir}/package-lock.json into {build} (once; minutes)")
+            cmd = ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--prefer-offline"]
+            cmd += ["--loglevel=error", "--cache", str(self.cache / "npm" / "_cacache")]
+            proc = subprocess.run(cmd, cwd=build, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+            # npm leaves its own bookkeeping (.package-lock.json) inside node_modules: kept, it
+            # is part of a real node_modules.
+            log(f"adding Django {self.django_version} as django/")
+            copy_tree(self.django.tree_dir(self.django_version), build / "django")
+            os.chmod(build, 0o755)
+            os.replace(build, self.base)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+        stamp_file.write_text(stamp)
+        log(f"{self.base}: {len(list_tree_files(self.base))} files")
+
+
 # --- manifests: what a tree holds, for correctness checks -----------------------------------------
 @dataclass(frozen=True)
 class Entry:
