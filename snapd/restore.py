@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .errors import Aborted, DataLoss, InvalidArgument, PermissionDenied, ResourceExhausted
 from .fsutil import join, rename_noreplace
 from .ignore import INTERNAL_PREFIX, Excludes
-from .index import DirNode, FileNode, Node
+from .index import DirNode, FileNode, Node, walk
 from .store.format import (
     ENTRY_CHUNKED,
     ENTRY_DIR,
@@ -154,6 +154,9 @@ class Planner:
                     continue
                 ops.append(_Op(name, path, c, None))
                 self._note(path, "deleted", c, None)
+                if isinstance(c, DirNode):  # list what goes with it, as added trees are listed
+                    for sub, node in sorted(walk(c, path)):
+                        self._note(sub, "deleted", node, None)
                 continue
             op = self._entry(name, path, c, t)
             if op is not None:

@@ -65,7 +65,8 @@ def test_restore_is_exact_and_reports_its_changes(ws, ws_dir) -> None:
         ("dir/sub/e.txt", "added", "file", 0, 3),
         ("empty", "type_changed", "dir", 11, 0),
         ("link", "type_changed", "symlink", 0, 9),
-        ("moved", "deleted", "dir", 0, 0),  # with what was inside
+        ("moved", "deleted", "dir", 0, 0),
+        ("moved/e.txt", "deleted", "file", 3, 0),  # what was inside is listed too
     ]
     assert res.stats.conflicts == []
     # Nothing left to do: the index agrees with the snapshot.
