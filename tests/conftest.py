@@ -10,6 +10,7 @@ SNAPD_HYPOTHESIS_EXAMPLES overrides the number of examples of whichever profile 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 
@@ -82,3 +83,29 @@ def ws(open_ws, ws_dir) -> Workspace:
     """A workspace on ws_dir that walks the whole tree at each snapshot (no file watcher) and
     keeps its last 100 snapshots. Tests of the watcher path open their own with watch=True."""
     return open_ws(ws_dir, keep_last=100, watch=False)
+
+
+# --- a real daemon for end-to-end tests ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def daemon():
+    """A daemon subprocess on a temporary store and socket, shared by one test module; it must
+    exit cleanly (status 0) on SIGTERM at the end."""
+    from snapd.server.testing import DaemonProcess, short_tempdir
+
+    root = short_tempdir()
+    d = DaemonProcess(os.path.join(root, "store"), os.path.join(root, "run", "snapd.sock"))
+    d.start()
+    try:
+        yield d
+    finally:
+        status = d.terminate()
+        d.close()
+        shutil.rmtree(root, ignore_errors=True)
+    assert status == 0, d.log()
+
+
+@pytest.fixture(scope="module")
+def client(daemon):
+    """A sync client connected to the module's daemon."""
+    with daemon.client() as c:
+        yield c

@@ -66,26 +66,6 @@ def run_cli(socket: str, *args: str, cwd: str | None = None, expect: int | None 
 
 
 @pytest.fixture(scope="module")
-def daemon():
-    root = short_tempdir()
-    d = DaemonProcess(os.path.join(root, "store"), os.path.join(root, "run", "snapd.sock"))
-    d.start()
-    try:
-        yield d
-    finally:
-        status = d.terminate()
-        d.close()
-        shutil.rmtree(root, ignore_errors=True)
-    assert status == 0, d.log()
-
-
-@pytest.fixture(scope="module")
-def client(daemon):
-    with daemon.client() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def cli(daemon):
     def run(*args: str, cwd: str | None = None, expect: int | None = 0) -> Run:
         return run_cli(daemon.socket, *args, cwd=cwd, expect=expect)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 
 import pytest
 import treeutil
@@ -19,22 +18,6 @@ from snapd_client import (
     RetryPolicy,
     UnavailableError,
 )
-
-from snapd.server.testing import DaemonProcess, short_tempdir
-
-
-@pytest.fixture(scope="module")
-def daemon():
-    root = short_tempdir()
-    d = DaemonProcess(os.path.join(root, "store"), os.path.join(root, "run", "snapd.sock"))
-    d.start()
-    try:
-        yield d
-    finally:
-        status = d.terminate()
-        d.close()
-        shutil.rmtree(root, ignore_errors=True)
-    assert status == 0, d.log()
 
 
 def run(coro):

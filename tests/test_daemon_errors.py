@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 
 import grpc
 import pytest
@@ -22,27 +21,6 @@ from snapd_client import (
 
 from snapd.errors import NotFound
 from snapd.server.errors import ErrorMapper
-from snapd.server.testing import DaemonProcess, short_tempdir
-
-
-@pytest.fixture(scope="module")
-def daemon():
-    root = short_tempdir()
-    d = DaemonProcess(os.path.join(root, "store"), os.path.join(root, "run", "snapd.sock"))
-    d.start()
-    try:
-        yield d
-    finally:
-        status = d.terminate()
-        d.close()
-        shutil.rmtree(root, ignore_errors=True)
-    assert status == 0, d.log()
-
-
-@pytest.fixture(scope="module")
-def client(daemon):
-    with daemon.client() as c:
-        yield c
 
 
 @pytest.fixture

@@ -19,26 +19,6 @@ from snapd_client import (
 from snapd.server.testing import DaemonProcess, short_tempdir
 
 
-@pytest.fixture(scope="module")
-def daemon():
-    root = short_tempdir()
-    d = DaemonProcess(os.path.join(root, "store"), os.path.join(root, "run", "snapd.sock"))
-    d.start()
-    try:
-        yield d
-    finally:
-        status = d.terminate()
-        d.close()
-        shutil.rmtree(root, ignore_errors=True)
-    assert status == 0, d.log()
-
-
-@pytest.fixture(scope="module")
-def client(daemon):
-    with daemon.client() as c:
-        yield c
-
-
 def make_tree(root: str) -> None:
     treeutil.write(root, "README.md", "# project\n")
     treeutil.write(root, "src/app.py", "print('hello')\n")

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import time
 
-import pytest
 import treeutil
 from snapd_client import AsyncClient
 from snapd_client.pipeline import (
@@ -22,22 +20,6 @@ from snapd_client.pipeline import (
     Step,
     StepContext,
 )
-
-from snapd.server.testing import DaemonProcess, short_tempdir
-
-
-@pytest.fixture(scope="module")
-def daemon():
-    root = short_tempdir()
-    d = DaemonProcess(os.path.join(root, "store"), os.path.join(root, "run", "snapd.sock"))
-    d.start()
-    try:
-        yield d
-    finally:
-        status = d.terminate()
-        d.close()
-        shutil.rmtree(root, ignore_errors=True)
-    assert status == 0, d.log()
 
 
 def run(daemon, ws: str, steps: list, executor, verifier, **kw):
