@@ -313,15 +313,7 @@ class Scanner:
                         continue
                     add_seen(name)
                     stats.symlinks += 1
-                    if not (
-                        old is not None
-                        and old.__class__ is FileNode
-                        and old.kind == ENTRY_SYMLINK
-                        and old.mtime_ns == st.st_mtime_ns
-                        and old.ctime_ns == st.st_ctime_ns
-                        and old.ino == st.st_ino
-                        and not old.racy
-                    ):
+                    if not _symlink_holds(old, st):
                         try:
                             target = os.readlink(name, dir_fd=dfd)
                         except FileNotFoundError:
@@ -386,12 +378,7 @@ class Scanner:
                         if fmt != S_IFLNK:
                             break
                         self.stats.symlinks += 1
-                        if not (
-                            child.mtime_ns == st.st_mtime_ns
-                            and child.ctime_ns == st.st_ctime_ns
-                            and child.ino == st.st_ino
-                            and not child.racy
-                        ):
+                        if not _symlink_holds(child, st):
                             try:
                                 target = os.readlink(p, dir_fd=rootfd)
                             except OSError:
@@ -602,16 +589,7 @@ class Scanner:
                 self._remove(parent, chain, name, rel)
                 return
             node = self._symlink_node(st, target)
-            if not (
-                old is not None
-                and old.__class__ is FileNode
-                and old.kind == ENTRY_SYMLINK
-                and old.ref == node.ref
-                and old.mtime_ns == node.mtime_ns
-                and old.ctime_ns == node.ctime_ns
-                and old.ino == node.ino
-                and not old.racy
-            ):
+            if not (_symlink_holds(old, st) and old.ref == node.ref):
                 self._set(parent, chain, name, rel, node)
         else:
             self.stats.skipped_special += 1
@@ -793,6 +771,19 @@ class _FdReader:
         n = os.preadv(self.fd, [buf], self.pos)
         self.pos += n
         return n
+
+
+def _symlink_holds(old, st: os.stat_result) -> bool:
+    """Does an indexed symlink still match this lstat (same inode, times, not racy)?"""
+    return (
+        old is not None
+        and old.__class__ is FileNode
+        and old.kind == ENTRY_SYMLINK
+        and old.mtime_ns == st.st_mtime_ns
+        and old.ctime_ns == st.st_ctime_ns
+        and old.ino == st.st_ino
+        and not old.racy
+    )
 
 
 def _key(st: os.stat_result) -> tuple[int, int, int, int, int]:
