@@ -222,6 +222,13 @@ FLOODER = textwrap.dedent(
 )
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="bug (fails in about 1 run in 10): a name created in a directory while a hinted "
+    "snapshot checks another entry of it is missed by the overflow's full rescan; the "
+    "deterministic repro is test_file_created_while_a_snapshot_lists_a_new_sibling_subtree "
+    "(strict). Drop this mark when that one passes",
+)
 def test_flood_while_the_daemon_runs(daemon, client, checker, tmp_path) -> None:
     """A writer process floods the tiny queue while snapshots run; the snapshot after it is
     exact. (Whether the kernel overflows here depends on scheduling: reported, not asserted.)"""
@@ -309,4 +316,73 @@ def test_burst_move_in_and_deep_renames_without_loss(client, checker, tmp_path) 
     counters = ws.stats().watcher
     assert counters["overflows"] == 0 and counters["restarts"] == 0, counters
     assert counters["rescans_subtree"] >= 3, counters  # new directories were rescanned
+    ws.close(forget=True)
+
+
+# --- found by test_flood_while_the_daemon_runs --------------------------------------------------
+def _open_paths(pid: int) -> list[str]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
+def _scanner_inside(pid: int, parent: str, subtree: str) -> bool:
+    """Is the daemon's scanner between its stat of `subtree` and its fstat of `parent`? It holds
+    a descriptor on `parent` (the watcher never does) and one on `subtree` or below it."""
+    paths = _open_paths(pid)
+    return parent in paths and any(p == subtree or p.startswith(subtree + "/") for p in paths)
+
+
+BIG_DIRS = 4000  # listing them keeps the scanner inside the window for tens of milliseconds
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Scanner._scan_path -> _refresh_dir_stat records the parent directory's mtime, "
+    "ctime and inode from an fstat taken after its entry was checked, without listing it; a "
+    "name created in the parent meanwhile is then hidden from every later full walk, which "
+    "trusts the listing (_listing_holds): after an overflow, snapshot(full=True) or a restart",
+)
+def test_file_created_while_a_snapshot_lists_a_new_sibling_subtree(
+    daemon, client, checker, tmp_path
+) -> None:
+    root, outside = str(tmp_path / "ws"), str(tmp_path / "outside")
+    parent = os.path.join(root, "D")
+    os.makedirs(parent)
+    os.mkdir(outside)
+    write(os.path.join(parent, "keep"), b"keep")
+    ws = client.open_workspace(root, keep_last=10_000)
+    snapshot_until_hinted(ws)
+    caught = None
+    for attempt in range(10):
+        staging = os.path.join(outside, f"big{attempt}")
+        for i in range(BIG_DIRS):
+            os.makedirs(os.path.join(staging, f"d{i}"))
+        subtree = os.path.join(parent, f"big{attempt}")
+        os.rename(staging, subtree)  # a new subtree: the next snapshot lists all of it
+        done: list = []
+        caller = threading.Thread(target=lambda out: out.append(ws.snapshot()), args=(done,))
+        caller.start()
+        while caller.is_alive() and caught is None:
+            if _scanner_inside(daemon.pid, parent, subtree):
+                with daemon_stopped(daemon):
+                    # Frozen inside the window (checked again while stopped): another process
+                    # creates a file in the parent now.
+                    if _scanner_inside(daemon.pid, parent, subtree):
+                        caught = os.path.join(parent, f"created-meanwhile{attempt}")
+                        write(caught, b"made while the parent's sibling was being listed")
+        caller.join(60)
+        assert len(done) == 1
+        if caught is not None:
+            break
+    assert caught is not None, "never caught the scanner inside the window"
+    # Whether the snapshot that was running includes the file does not matter (it was created
+    # during the call). Every snapshot after must: first a full walk, then one from the watcher.
+    full = ws.snapshot(label="full walk after", full=True)
+    checker.assert_matches(full, capture(root), "full walk after the file was created")
+    checker.assert_matches(ws.snapshot(), capture(root), "next watcher-driven snapshot")
     ws.close(forget=True)

@@ -379,6 +379,7 @@ class Figures:
     hinted: int = 0
     full_checks: int = 0
     restores: int = 0
+    reopens: int = 0
     overflows: int = 0
     files_read: int = 0
 
@@ -394,7 +395,8 @@ def daemon():
     print(
         f"\n[daemon watcher property] {f.examples} examples, {f.watcher_snapshots} watcher-driven "
         f"snapshots ({f.hinted} hinted), {f.full_checks} full-walk comparisons, {f.restores} "
-        f"restores compared exactly, {f.overflows} overflows, {f.files_read} contents read back"
+        f"restores compared exactly, {f.reopens} reopens, {f.overflows} overflows, "
+        f"{f.files_read} contents read back"
     )
 
 
@@ -435,6 +437,19 @@ class Example:
         self.history.append((snap, cap))
         return snap
 
+    def reopen(self, data, what: str) -> None:
+        """Close the workspace in the daemon, change the tree meanwhile (nothing watches it),
+        open it again: the daemon loads its persisted index, and the first snapshot (a walk
+        that trusts unchanged directory listings) must find every change."""
+        self.ws.close()
+        mutate(data, self.world, data.draw(st.integers(0, 3), label="ops while closed"))
+        self.ws = self.client.open_workspace(os.fsdecode(self.world.root))
+        snap = self.ws.snapshot(label=what)
+        cap = capture(self.world.root)
+        self.checker.assert_matches(snap, cap, f"{what} after {self.world.ops[-6:]}")
+        self.history.append((snap, cap))
+        snapshot_until_hinted(self.ws)  # the new watcher's watches are in place
+
     def restore(self, snap, expected: Capture, what: str) -> None:
         res = self.ws.restore(snap.id)
         assert res.stats.conflicts == [], f"{what}: conflicts {res.stats.conflicts}"
@@ -473,6 +488,9 @@ def test_property_watcher_snapshots_through_the_daemon(client, checker, data) ->
         for step in range(data.draw(st.integers(1, 8), label="steps")):
             mutate(data, world, data.draw(st.integers(1, 4), label="ops in this burst"))
             ex.snapshot_now(data, f"step {step}")
+            if data.draw(st.integers(0, 7), label="close and reopen") == 0:
+                ex.reopen(data, f"first snapshot after reopening (step {step})")
+                FIGURES.reopens += 1
 
         # Phase 2: earlier snapshots restored in random order, sometimes followed by changes.
         order = data.draw(st.permutations(range(len(ex.history))), label="restore order")
