@@ -25,7 +25,7 @@ of about 5k files (slices of the tree), 20 threads each with its own Client doin
 for --rounds rounds.
 
 Run:  .venv/bin/python -m benchmarks.bench_watch [--steps 50] [--seed 1] [--skip-git]
-          [--skip-concurrency] [--json [FILE]] [--keep]
+          [--skip-concurrency] [--edit-scope tree|project] [--json [FILE]] [--keep]
 Progress goes to stderr, the tables to stdout. Exit status 2 means a restore was wrong.
 See benchmarks/README.md ("bench_watch").
 """
@@ -524,9 +524,16 @@ def run_concurrency(
     log: Log,
 ) -> dict:
     """`workspaces` workspaces of `files` files each (evenly spread windows of the tree's sorted
-    file list), one thread and one Client per workspace, all doing edit + snapshot together."""
+    file list, or of the files outside the workload's skip_prefixes when there are enough), one
+    thread and one Client per workspace, all doing edit + snapshot together."""
     assert workload.files is not None
     all_files = workload.files
+    skip = workload.skip_prefixes
+    if skip:
+        # Slices of the part the steps edit (the project), when it is large enough.
+        own = [f for f in all_files if not f.rel.startswith(skip)]
+        if len(own) >= files:
+            all_files = own
     files = min(files, len(all_files))
     span = max(0, len(all_files) - files)
     dirs = []
@@ -853,6 +860,14 @@ def main(argv: list[str] | None = None) -> int:
         help="node-django: npm node_modules + Django 5.0 (default); synthetic: a generated tree",
     )
     ap.add_argument("--synthetic-files", type=int, default=2000)
+    ap.add_argument(
+        "--edit-scope",
+        choices=["tree", "project"],
+        default="tree",
+        help="node-django: where the steps' edits go: tree = any file of the tree (default; "
+        "40%% of the files are in one 43k-entry directory, @mui/icons-material), project = "
+        "outside node_modules/ (Django's sources and the manifests, where an agent edits)",
+    )
     args = ap.parse_args(argv)
 
     cleanup: Path | None = None
@@ -860,7 +875,9 @@ def main(argv: list[str] | None = None) -> int:
         workload = synthetic_workload(args.synthetic_files, args.steps, args.seed, args.tmp)
         cleanup = workload.base
     else:
-        workload = NodeModulesDjango(steps=args.steps + 1, seed=args.seed)
+        workload = NodeModulesDjango(
+            steps=args.steps + 1, seed=args.seed, edit_scope=args.edit_scope
+        )
     try:
         result = run(
             workload,

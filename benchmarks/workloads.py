@@ -598,6 +598,9 @@ class RealFileEdits(Workload):
     and deletes `delete` files (emptied directories go too). All choices come from
     random.Random(seed) over the sorted file list, so every run sees the same steps.
 
+    Files under a prefix in `skip_prefixes` (e.g. "node_modules/") are never modified, added
+    next to or deleted: agents edit their project, not its installed dependencies.
+
     steps() reads `base` once (the file list and the bytes of the files it edits): call it
     before anything changes `base`. With copy_base=False step 0 does nothing (the caller has
     put the tree in place, e.g. the workspace is `base` itself).
@@ -614,8 +617,10 @@ class RealFileEdits(Workload):
         delete: int = 1,
         name: str = "real-file-edits",
         copy_base: bool = True,
+        skip_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.base = Path(base)
+        self.skip_prefixes = tuple(skip_prefixes)
         self.name = name
         self.n_steps, self.seed = steps, seed
         self.modify, self.add, self.delete = modify, add, delete
@@ -625,9 +630,10 @@ class RealFileEdits(Workload):
 
     def describe(self) -> str:
         count = f"{len(self.files)} files" if self.files is not None else str(self.base)
+        where = f" outside {', '.join(self.skip_prefixes)}" if self.skip_prefixes else ""
         return (
             f"{self.name}: {count}, then {self.modify} modified / {self.add} added / "
-            f"{self.delete} deleted per step, seed {self.seed}"
+            f"{self.delete} deleted per step{where}, seed {self.seed}"
         )
 
     def steps(self) -> list[Step]:
@@ -639,9 +645,15 @@ class RealFileEdits(Workload):
         rng = random.Random(self.seed)
         self.files = list_tree_files(self.base)
         modes = {f.rel: f.mode for f in self.files}
-        existing = set(modes)
+        skip = self.skip_prefixes
+        # Files a step may delete (the ones under skip_prefixes never change).
+        existing = {rel for rel in modes if not (skip and rel.startswith(skip))}
         editable = sorted(
-            f.rel for f in self.files if f.size <= MAX_EDITED_SIZE and f.rel.endswith(TEXT_SUFFIXES)
+            f.rel
+            for f in self.files
+            if f.size <= MAX_EDITED_SIZE
+            and f.rel.endswith(TEXT_SUFFIXES)
+            and not (skip and f.rel.startswith(skip))
         )
         edited: dict[str, bytes] = {}  # current bytes of files a step has written
         counter = 0
@@ -709,7 +721,9 @@ class NodeModulesDjango(RealFileEdits):
     `package.json`, `package-lock.json`, `node_modules/` from `npm ci --ignore-scripts` of the
     pinned manifests in benchmarks/npm/ (typescript, webpack, babel, eslint, react, next, jest,
     lodash, MUI, the AWS SDKs, angular, ...; about 101k files, 1.1 GB), and `django/`, the Django
-    5.0 sdist from DjangoReleases (6.8k files). Then RealFileEdits' steps over its real files.
+    5.0 sdist from DjangoReleases (6.8k files). Then RealFileEdits' steps over its real files:
+    edit_scope="tree" draws them from the whole tree, "project" from outside node_modules/ (the
+    Django sources and the manifests), where an agent's edits go.
 
     npm's download cache is kept in <cache>/npm/_cacache, so a rebuild after deleting the tree
     needs no network. The tree is rebuilt when the manifests or the Django version change.
@@ -726,7 +740,10 @@ class NodeModulesDjango(RealFileEdits):
         cache_dir: Path | None = None,
         django_version: str = "5.0",
         manifest_dir: Path = NPM_MANIFEST_DIR,
+        edit_scope: str = "tree",
     ) -> None:
+        if edit_scope not in ("tree", "project"):
+            raise ValueError("edit_scope is 'tree' (any file) or 'project' (not node_modules/)")
         self.cache = Path(cache_dir or CACHE_DIR)
         self.django = DjangoReleases([django_version], self.cache)
         self.django_version = django_version
@@ -739,6 +756,7 @@ class NodeModulesDjango(RealFileEdits):
             add=add,
             delete=delete,
             name="node_modules + Django",
+            skip_prefixes=("node_modules/",) if edit_scope == "project" else (),
         )
 
     def _stamp(self) -> str:

@@ -53,6 +53,11 @@ def test_real_file_edits_are_reproducible_and_edit_real_files(tmp_path: Path) ->
     assert all(steps[1].writes[i][1] != before[rel] for i, rel in enumerate(modified))
     other = RealFileEdits(base, steps=2, seed=10).steps()
     assert other[1].writes != steps[1].writes
+    # skip_prefixes keeps every edit out of those directories.
+    assert any(rel.startswith("pkg0/") for rel in before)
+    kept_out = RealFileEdits(base, steps=6, seed=9, skip_prefixes=("pkg0/",)).steps()[1:]
+    paths = [w[0] for s in kept_out for w in s.writes] + [d for s in kept_out for d in s.deletes]
+    assert paths and not any(p.startswith("pkg0/") for p in paths)
 
 
 def test_run_end_to_end_on_a_tiny_tree(tmp_path: Path) -> None:
