@@ -191,3 +191,60 @@ def test_snapshots_and_gc_race_without_losing_objects(tmp_path, monkeypatch):
         assert verify(store).ok
     finally:
         store.close()
+
+
+def test_compaction_keeps_objects_committed_after_its_listing(tmp_path, monkeypatch):
+    """The race the load test above found, made deterministic.
+
+    A snapshot appends its objects to the active pack, then pauses before its commit. GC seals
+    that pack, lists the pack's objects (the paused ones are not in the catalog yet), and waits
+    for the exclusive lock; the snapshot commits and lets go. Compaction must copy the objects
+    committed after its listing too, or the snapshot refers to a deleted pack.
+    """
+    store = Store.open(str(tmp_path / "store"))
+    ws_dir = tmp_path / "ws"
+    ws_dir.mkdir()
+    ws = Workspace.open(store, str(ws_dir), WorkspaceSettings(watch=False, keep_last=1))
+    rng = random.Random(5)
+    try:
+        treeutil.write(ws_dir, "a", rng.randbytes(200_000))
+        ws.snapshot()
+        treeutil.write(ws_dir, "a", rng.randbytes(200_000))
+        ws.snapshot()  # evicts the first: half of the active pack is garbage
+        assert gc.collect(store, max_unused=1.0)["deleted_objects"] > 0  # delete, no compaction
+
+        appended, go = threading.Event(), threading.Event()
+        real_append = store._writer.append
+        paused = threading.current_thread()  # replaced by the snapshot thread below
+
+        def pausing_append(records):
+            out = real_append(records)
+            if threading.current_thread() is paused:
+                appended.set()
+                go.wait(10)
+            return out
+
+        monkeypatch.setattr(store._writer, "append", pausing_append)
+        real_exclusive = gc._exclusive
+
+        def signalling_exclusive(*args):
+            go.set()  # the listing is done: let the snapshot commit now
+            return real_exclusive(*args)
+
+        monkeypatch.setattr(gc, "_exclusive", signalling_exclusive)
+        treeutil.write(ws_dir, "b", rng.randbytes(100_000))
+        result: list = []
+        paused = threading.Thread(target=lambda: result.append(ws.snapshot()))
+        paused.start()
+        assert appended.wait(10)
+        stats = dict.fromkeys(("packs_compacted", "packs_deleted", "bytes_copied", "lock_waits"), 0)
+        gc._compact(store, stats, None, 0.05, lambda _: None)
+        paused.join(10)
+        monkeypatch.undo()
+        report = verify(store, snapshot_ids=[result[0].id])
+        assert report.ok, report.problems
+        assert stats["packs_compacted"] == 1 and stats.get("packs_relisted") == 1, stats
+        assert not refcount_errors(store)
+    finally:
+        ws.close()
+        store.close()

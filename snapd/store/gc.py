@@ -242,16 +242,24 @@ def _compact(store: Store, stats: dict, deadline, max_unused: float, report) -> 
 def _compact_pack(
     store: Store, pack_id: int, name: str, path: str, listed: list, stats: dict
 ) -> None:
-    """Copy a pack's live records into the active pack, then delete the old pack."""
-    # Objects deleted since the listing (by this or another process's GC) are skipped.
-    live = sorted(
-        (
-            r
-            for r in listed
-            if store.query("SELECT 1 FROM objects WHERE id=? AND pack=?", (r[0], pack_id))
-        ),
-        key=lambda r: r[1],
-    )
+    """Copy a pack's live records into the active pack, then delete the old pack.
+
+    Runs under the exclusive lock. The listing was taken before it, so it may be stale both
+    ways: objects deleted since (by this or another process's GC) are skipped, and objects a
+    writer appended before the pack was sealed but committed after the listing are missing
+    from it. The pack's `live` byte count (kept in the same transactions as the rows) tells
+    the second case apart; the pack is then listed again, now that no writer is in flight.
+    """
+    live = [
+        r
+        for r in listed
+        if store.query("SELECT 1 FROM objects WHERE id=? AND pack=?", (r[0], pack_id))
+    ]
+    row = store.query("SELECT live FROM packs WHERE id=?", (pack_id,))
+    if row and row[0][0] != sum(r[2] for r in live):
+        stats["packs_relisted"] = stats.get("packs_relisted", 0) + 1
+        live = store.query("SELECT id, offset, length FROM objects WHERE pack=?", (pack_id,))
+    live.sort(key=lambda r: r[1])
     moved: list[tuple[bytes, int, int, int]] = []  # id, new pack, new offset, length
     if live:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
