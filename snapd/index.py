@@ -18,8 +18,9 @@ from .store.format import (
     ENTRY_DIR,
     ENTRY_FILE,
     ENTRY_SYMLINK,
+    TREE_ENTRY,
+    TREE_MAGIC,
     TreeEntry,
-    encode_tree,
 )
 
 
@@ -129,9 +130,33 @@ class DirNode:
         return self.totals
 
     def encode(self) -> tuple[bytes, list[bytes]]:
-        """The tree object of this directory (children must be encoded) and its child ids."""
-        entries = [self.entries[n].entry(n) for n in sorted(self.entries)]
-        return encode_tree(entries), [e.ref for e in entries if e.kind != ENTRY_SYMLINK]
+        """The tree object of this directory (children must be encoded) and its child ids.
+
+        The same bytes as format.encode_tree of the children's entry() tuples, packed straight
+        from the nodes: a directory of 40k entries is re-encoded whenever one entry changes,
+        and skipping the tuples makes that about 2.5x cheaper.
+        """
+        parts = [TREE_MAGIC]
+        add = parts.append
+        pack = TREE_ENTRY.pack
+        children: list[bytes] = []
+        add_child = children.append
+        entries = self.entries
+        for name in sorted(entries):
+            node = entries[name]
+            if node.__class__ is DirNode:
+                ref = node.tree_id
+                assert ref is not None, "children are encoded first"
+                add(pack(ENTRY_DIR, len(name), node.mode, node.mtime_ns, 0, len(ref)))
+                add_child(ref)
+            else:
+                ref = node.ref
+                add(pack(node.kind, len(name), node.mode, node.mtime_ns, node.size, len(ref)))
+                if node.kind != ENTRY_SYMLINK:
+                    add_child(ref)
+            add(name)
+            add(ref)
+        return b"".join(parts), children
 
 
 Node = FileNode | DirNode

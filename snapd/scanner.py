@@ -452,6 +452,9 @@ class Scanner:
         return child
 
     def _dir_node(self, parent, chain, name, path, st, old) -> DirNode:
+        """The directory's node with this stat. Its listing is not redone here: if the stat
+        moved, the node is marked racy so that no later walk trusts the old listing (the
+        caller that lists it, _list, then records whether the new listing can be trusted)."""
         perms = st.st_mode & 0o7777
         if old is None or old.__class__ is not DirNode:
             child = DirNode(perms, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
@@ -461,9 +464,11 @@ class Scanner:
             old.mode, old.mtime_ns = perms, st.st_mtime_ns
             self.changed[path] = old
             self._invalidate(chain)
+            old.racy = True
         if old.ctime_ns != st.st_ctime_ns or old.ino != st.st_ino:
             old.ctime_ns, old.ino = st.st_ctime_ns, st.st_ino
             self.changed[path] = old
+            old.racy = True
         return old
 
     def _symlink_node(self, st: os.stat_result, target: str | bytes) -> FileNode:
@@ -525,11 +530,16 @@ class Scanner:
             os.close(pfd)
 
     def _refresh_dir_stat(self, dfd: int, rel: bytes, chain: list[DirNode]) -> None:
+        """Record the parent's new mode and mtime (the tree holds them) after one of its
+        entries was checked. The parent was not listed, and other names may have come and gone
+        in it meanwhile: mark it racy, so that a later full walk lists it instead of trusting
+        the recorded listing (one directory's listing, not a hidden new file)."""
         st = os.fstat(dfd)
         node = chain[-1]
         if node.mode != st.st_mode & 0o7777 or node.mtime_ns != st.st_mtime_ns:
             node.mode, node.mtime_ns = st.st_mode & 0o7777, st.st_mtime_ns
             node.ctime_ns, node.ino = st.st_ctime_ns, st.st_ino
+            node.racy = True
             self.changed[rel] = node
             self._invalidate(chain[:-1])
 

@@ -222,13 +222,6 @@ FLOODER = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="bug (fails in about 1 run in 10): a name created in a directory while a hinted "
-    "snapshot checks another entry of it is missed by the overflow's full rescan; the "
-    "deterministic repro is test_file_created_while_a_snapshot_lists_a_new_sibling_subtree "
-    "(strict). Drop this mark when that one passes",
-)
 def test_flood_while_the_daemon_runs(daemon, client, checker, tmp_path) -> None:
     """A writer process floods the tiny queue while snapshots run; the snapshot after it is
     exact. (Whether the kernel overflows here depends on scheduling: reported, not asserted.)"""
@@ -340,13 +333,6 @@ def _scanner_inside(pid: int, parent: str, subtree: str) -> bool:
 BIG_DIRS = 4000  # listing them keeps the scanner inside the window for tens of milliseconds
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Scanner._scan_path -> _refresh_dir_stat records the parent directory's mtime, "
-    "ctime and inode from an fstat taken after its entry was checked, without listing it; a "
-    "name created in the parent meanwhile is then hidden from every later full walk, which "
-    "trusts the listing (_listing_holds): after an overflow, snapshot(full=True) or a restart",
-)
 def test_file_created_while_a_snapshot_lists_a_new_sibling_subtree(
     daemon, client, checker, tmp_path
 ) -> None:

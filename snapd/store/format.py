@@ -107,7 +107,7 @@ def decode_record_header(buf: bytes) -> RecordHeader:
 #   u8 entry kind | u16 name length | u32 mode (permission bits) | i64 mtime_ns | u64 size |
 #   u32 ref length | name | ref
 TREE_MAGIC = b"SNT1"
-_TREE_ENTRY = struct.Struct("<BHIqQI")
+TREE_ENTRY = struct.Struct("<BHIqQI")
 
 
 class TreeEntry(NamedTuple):
@@ -122,7 +122,7 @@ class TreeEntry(NamedTuple):
 def encode_tree(entries: Iterable[TreeEntry]) -> bytes:
     """Encode entries, which must already be sorted by name and unique."""
     parts = [TREE_MAGIC]
-    pack = _TREE_ENTRY.pack
+    pack = TREE_ENTRY.pack
     for e in entries:
         parts.append(pack(e.kind, len(e.name), e.mode, e.mtime_ns, e.size, len(e.ref)))
         parts.append(e.name)
@@ -136,8 +136,8 @@ def decode_tree(data: bytes) -> list[TreeEntry]:
     out = []
     pos = 4
     end = len(data)
-    unpack = _TREE_ENTRY.unpack_from
-    size = _TREE_ENTRY.size
+    unpack = TREE_ENTRY.unpack_from
+    size = TREE_ENTRY.size
     while pos < end:
         kind, nlen, mode, mtime_ns, fsize, rlen = unpack(data, pos)
         pos += size
