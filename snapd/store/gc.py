@@ -51,8 +51,12 @@ def collect(
     batch_seconds: float = 0.05,
     max_unused: float = MAX_UNUSED,
     progress: Callable[[dict], None] | None = None,
+    truncate_wal: bool = True,
 ) -> dict:
-    """One garbage-collection pass. Returns counters; complete=False if it ran out of time."""
+    """One garbage-collection pass. Returns counters; complete=False if it ran out of time.
+
+    truncate_wal: end a complete pass by emptying the catalog's WAL (an explicit GC gives
+    all space back; the background collector leaves it to the store's checkpoints)."""
     t0 = time.monotonic()
     deadline = t0 + max_seconds if max_seconds is not None else None
     stats = {
@@ -82,6 +86,7 @@ def collect(
             changed=bool(
                 stats["deleted_objects"] or stats["packs_compacted"] or stats["packs_deleted"]
             ),
+            truncate_wal=truncate_wal,
         )
     stats["reclaimed_bytes"] = max(0, before - _pack_bytes(store))
     stats["complete"] = done
@@ -316,11 +321,15 @@ def _remove_orphan_packs(store: Store, stats: dict) -> None:
             os.close(fd)
 
 
-def _vacuum(store: Store, *, changed: bool) -> None:
-    """Give freed catalog pages back, and empty the WAL when it holds more than a little."""
+def _vacuum(store: Store, *, changed: bool, truncate_wal: bool) -> None:
+    """Give freed catalog pages back, and (truncate_wal) empty the WAL when it holds more than
+    a little. Truncating waits for writers and readers, so the background collector, which
+    runs after every eviction, leaves the WAL to the store's background checkpoints."""
     conn = store._conn()
     if changed:
         conn.execute("PRAGMA incremental_vacuum")
+    if not truncate_wal:
+        return
     try:
         wal = os.path.getsize(store._db_path + "-wal")
     except OSError:
@@ -394,7 +403,10 @@ class BackgroundCollector:
             try:
                 while not self._stop.is_set() and self._garbage() >= self.min_garbage_bytes:
                     self.last = collect(
-                        self.store, max_seconds=self.pass_seconds, max_unused=self.max_unused
+                        self.store,
+                        max_seconds=self.pass_seconds,
+                        max_unused=self.max_unused,
+                        truncate_wal=False,
                     )
                     self.passes += 1
                     progressed = self.last["deleted_objects"] or self.last["packs_compacted"]

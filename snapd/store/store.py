@@ -45,6 +45,7 @@ from .catalog import (
     SNAPSHOT_COLUMNS,
     WORKSPACE_COLUMNS,
     SnapshotRecord,
+    WalCheckpointer,
     WorkspaceRecord,
     connect,
     init_schema,
@@ -162,6 +163,7 @@ class Store:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        self._checkpointer = WalCheckpointer(self._db_path)
         self._reader = PackReader(self.packs_dir)
         self._writer = PackWriter(self.packs_dir, self._register_pack)
         self._pack_names: dict[int, str] = {}
@@ -216,6 +218,7 @@ class Store:
         if self.closed:
             return
         self.closed = True
+        self._checkpointer.close()
         self._writer.close()
         self._reader.close()
         with self._conns_lock:
@@ -265,6 +268,10 @@ class Store:
                 if isinstance(e, sqlite3.Error):
                     raise _sqlite_error(e) from e
                 raise
+            try:
+                self._checkpointer.after_commit(conn)
+            except sqlite3.Error as e:  # committed all the same; a later commit retries
+                log.warning("WAL checkpoint failed: %s", e)
         finally:
             if durable:
                 conn.execute("PRAGMA synchronous = NORMAL")
