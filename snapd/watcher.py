@@ -93,8 +93,10 @@ class TreeWatcher:
         excluded: Callable[[bytes, bool], bool],
         *,
         inotify: InotifyFD | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.root = root
+        self._on_ready = on_ready  # called once, on the setup thread, when ready is set
         self._root_b = os.fsencode(root)
         self._excluded = excluded
         self._lock = threading.Lock()
@@ -155,6 +157,11 @@ class TreeWatcher:
                 self._dirty.full = True
         finally:
             self.ready.set()
+            if self._on_ready is not None and not self.closed:
+                try:
+                    self._on_ready()
+                except Exception:
+                    log.exception("watcher ready callback failed for %s", self.root)
 
     def _watch_tree(self, rel: bytes, *, mark_new: bool = False) -> None:
         """Add watches for `rel` and every directory below it (not following symlinks).

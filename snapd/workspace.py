@@ -9,6 +9,7 @@ nothing of directories.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import stat
@@ -33,6 +34,8 @@ from .scanner import Scanner, ScanStats, encode_dirty
 from .store.catalog import SnapshotRecord
 from .store.store import IndexDelta, NewSnapshot, Retention, Store
 from .watcher import TreeWatcher
+
+log = logging.getLogger("snapd.workspace")
 
 
 @dataclass
@@ -222,8 +225,13 @@ class Workspace:
         self.last_stats: dict = {}
         self._racy_paths: set[bytes] = set()
         self.watcher: TreeWatcher | None = None
+        # Set once the watcher is ready and the walk that follows is done (or failed): from
+        # then on snapshots use the watcher's events. Set at once without a watcher.
+        self.settled = threading.Event()
         if settings.watch:
             self.start_watcher()
+        else:
+            self.settled.set()
 
     # --- opening ------------------------------------------------------------------------------
     @classmethod
@@ -242,12 +250,37 @@ class Workspace:
 
     def start_watcher(self) -> None:
         if self.watcher is None:
-            self.watcher = TreeWatcher(self.path, self._watch_excluded)
+            self.settled.clear()
+            self.watcher = TreeWatcher(
+                self.path, self._watch_excluded, on_ready=self._refresh_when_watched
+            )
+
+    def _refresh_when_watched(self) -> None:
+        """Once every directory is watched, walk the tree once in the background.
+
+        Changes made while the watches were being added may have raised no event, so the
+        first snapshot after that must walk the whole tree. Doing that walk here instead (on
+        its own thread: it waits for the workspace lock, which close() holds while it stops
+        the watcher) keeps that cost out of the caller's first snapshot after an open.
+        """
+
+        def run() -> None:
+            try:
+                self.refresh()
+            except FailedPrecondition:
+                pass  # closed meanwhile
+            except Exception as e:  # the next snapshot walks the tree instead
+                log.warning("background scan of %s after its watches failed: %s", self.path, e)
+            finally:
+                self.settled.set()
+
+        threading.Thread(target=run, name="snapd-watch-ready-scan", daemon=True).start()
 
     def stop_watcher(self) -> None:
         if self.watcher is not None:
             self.watcher.close()
             self.watcher = None
+        self.settled.set()
 
     def _watch_excluded(self, rel: bytes, is_dir: bool) -> bool:
         return self.excludes.excluded(rel, is_dir)

@@ -82,8 +82,15 @@ def _read_file(dir_fd: int, name: bytes) -> tuple[int, str, bytes]:
         os.close(fd)
 
 
+# The daemon's transient files: a watcher's sync cookies (created by every snapshot and by the
+# background scan after the watches are set up) and the timestamp probe of an open. They come
+# and go at any moment a watched workspace is open and are never part of a snapshot.
+TRANSIENT_PREFIXES = (b".~snapd-cookie-", b".~snapd-probe-")
+
+
 def capture(root: str | bytes | os.PathLike, *, skip: PathFilter | None = None) -> Capture:
-    """Everything below `root`. `skip(path)` True leaves a path (and what is below it) out."""
+    """Everything below `root` but the daemon's transient files. `skip(path)` True leaves a
+    path (and what is below it) out."""
     out: Capture = {}
     root_fd = os.open(os.fsencode(root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -97,6 +104,8 @@ def _walk(dir_fd: int, rel: bytes, out: Capture, skip: PathFilter | None) -> Non
     # os.scandir(fd) yields str names; listdir on a bytes path is not fd-relative, so turn the
     # str names back into the exact bytes with fsencode (surrogateescape round-trips).
     for name in sorted(os.fsencode(n) for n in os.listdir(dir_fd)):
+        if name.startswith(TRANSIENT_PREFIXES):
+            continue
         path = rel + b"/" + name if rel else name
         if skip is not None and skip(path):
             continue
