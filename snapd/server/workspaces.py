@@ -70,7 +70,9 @@ class Registry:
         watcher = ws.watcher if ws is not None else None
         if watcher is None:
             return None
-        return dict(watcher.counters)
+        # settled: 1 once the watches are set up and the walk after them is done; from then
+        # on snapshots use the watcher's events (before, the first one walks the tree).
+        return {**watcher.counters, "settled": int(ws.settled.is_set())}
 
     def is_open(self, ws_id: int) -> bool:
         ws = self._open.get(ws_id)
