@@ -164,6 +164,7 @@ class Store:
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._checkpointer = WalCheckpointer(self._db_path)
+        self._write_lock = threading.Lock()
         self._reader = PackReader(self.packs_dir)
         self._writer = PackWriter(self.packs_dir, self._register_pack)
         self._pack_names: dict[int, str] = {}
@@ -251,9 +252,13 @@ class Store:
         conn = self._conn()
         if conn.in_transaction:
             raise RuntimeError("nested store transaction")
-        if durable:
-            conn.execute("PRAGMA synchronous = FULL")  # cannot change inside a transaction
+        # Writers of this process queue on a lock rather than in SQLite's busy handler, which
+        # sleeps with backoff (up to 100 ms a try) and is unfair: with 20 workspaces
+        # committing at once some snapshots waited seconds. Always the innermost lock taken.
+        self._write_lock.acquire()
         try:
+            if durable:
+                conn.execute("PRAGMA synchronous = FULL")  # cannot change inside a transaction
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as e:
@@ -273,6 +278,7 @@ class Store:
             except sqlite3.Error as e:  # committed all the same; a later commit retries
                 log.warning("WAL checkpoint failed: %s", e)
         finally:
+            self._write_lock.release()
             if durable:
                 conn.execute("PRAGMA synchronous = NORMAL")
 
