@@ -495,3 +495,26 @@ def test_verify_repair_fixes_wrong_reference_counts(tmp_path) -> None:
             assert c.verify().ok
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_once_settled_the_first_snapshot_after_an_open_uses_the_watcher(
+    client: Client, tmp_path
+) -> None:
+    """The daemon walks the tree itself once the watches are set up (changes made while they
+    were being added raised no event), so the caller's first snapshot does not have to."""
+    d = str(tmp_path / "ws")
+    for i in range(40):
+        treeutil.write(d, f"pkg{i % 4}/mod{i}.py", f"x = {i}\n")
+    ws = client.open_workspace(d, watch=True)
+    for _ in range(2000):  # bounded by count; each poll is one GetStats call
+        counters = ws.stats().watcher or {}
+        if counters.get("settled"):
+            break
+    else:
+        raise AssertionError(f"the workspace never settled: {counters}")
+    treeutil.write(d, "pkg1/mod5.py", "x = 'changed'\n")
+    snap = ws.snapshot()
+    assert snap.stats["scan"] == "hinted", snap.stats
+    assert snap.stats["read_files"] == 1, snap.stats
+    assert client.read_file(snap.id, "pkg1/mod5.py") == b"x = 'changed'\n"
+    assert client.read_file(snap.id, "pkg3/mod39.py") == b"x = 39\n"
