@@ -37,6 +37,9 @@ from .watcher import TreeWatcher
 
 log = logging.getLogger("snapd.workspace")
 
+# The timestamp probe file an open creates and removes in the workspace root.
+PROBE_PREFIX = INTERNAL_PREFIX + b"probe-"
+
 
 @dataclass
 class WorkspaceSettings:
@@ -127,7 +130,7 @@ def probe_timestamps(rootfd: int) -> tuple[bool, bool]:
     ctime (checked here, and only trusted on local file systems that are known to do so); then a
     full walk need not list a directory whose stat data is unchanged.
     """
-    name = INTERNAL_PREFIX + b"probe-" + secrets.token_hex(6).encode()
+    name = PROBE_PREFIX + secrets.token_hex(6).encode()
     before = os.fstat(rootfd)
     try:
         fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=rootfd)

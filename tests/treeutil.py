@@ -24,6 +24,9 @@ import stat
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
+from snapd.watcher import COOKIE_PREFIX
+from snapd.workspace import PROBE_PREFIX
+
 HEAD_BYTES = 48  # content shown in a diff
 
 KIND_BY_FMT = {
@@ -85,7 +88,7 @@ def _read_file(dir_fd: int, name: bytes) -> tuple[int, str, bytes]:
 # The daemon's transient files: a watcher's sync cookies (created by every snapshot and by the
 # background scan after the watches are set up) and the timestamp probe of an open. They come
 # and go at any moment a watched workspace is open and are never part of a snapshot.
-TRANSIENT_PREFIXES = (b".~snapd-cookie-", b".~snapd-probe-")
+TRANSIENT_PREFIXES = (COOKIE_PREFIX, PROBE_PREFIX)
 
 
 def capture(root: str | bytes | os.PathLike, *, skip: PathFilter | None = None) -> Capture:

@@ -1072,8 +1072,8 @@ def _collision(oid: bytes) -> SnapdError:
 
 
 def _incref(conn: sqlite3.Connection, ids: Iterable[bytes]) -> None:
-    # In key order the updates walk the objects B-tree left to right: ~20% faster for the
-    # tens of thousands of references a wide directory's new tree takes.
+    # In key order the updates walk the objects B-tree left to right (43k updates: 288 ms
+    # against 360 ms in random order, in a micro-benchmark; the sort adds ~25 ms).
     ids = sorted(ids)
     cur = conn.executemany("UPDATE objects SET refs = refs + 1 WHERE id = ?", [(i,) for i in ids])
     if cur.rowcount != len(ids):
