@@ -351,7 +351,7 @@ class Scanner:
         candidates = self._candidates
         mark = len(candidates)
         prefix = path + b"/"
-        files = size = 0
+        files = size = dirs = 0
         chain.append(node)
         try:
             for name, child in node.entries.items():
@@ -360,7 +360,21 @@ class Scanner:
                     st = lstat(p, dir_fd=rootfd)
                 except OSError:
                     break  # gone (or unreadable) although the listing held: list it
-                if child.__class__ is FileNode and child.key == (
+                if child.__class__ is DirNode:
+                    # The other common case, inline: a directory whose stat data is exactly
+                    # as recorded (so its listing holds and its node needs no update).
+                    if (
+                        child.mtime_ns == st.st_mtime_ns
+                        and child.ctime_ns == st.st_ctime_ns
+                        and child.ino == st.st_ino
+                        and child.racy is False
+                        and child.mode == st.st_mode & 0o7777
+                        and st.st_mode & S_IFMT == S_IFDIR
+                    ):
+                        dirs += 1
+                        self._scan_known(p, child, chain)
+                        continue
+                elif child.key == (
                     st.st_size,
                     st.st_mtime_ns,
                     st.st_ctime_ns,
@@ -405,14 +419,16 @@ class Scanner:
                     continue
                 if fmt != S_IFDIR:
                     break
-                self.stats.dirs += 1
+                dirs += 1
                 if _listing_holds(child, st):
                     self._scan_known(p, self._dir_node(node, chain, name, p, st, child), chain)
                 else:
                     self._relist(p, node, chain, name, child)
             else:
-                self.stats.files += files
-                self.stats.bytes += size
+                stats = self.stats
+                stats.files += files
+                stats.dirs += dirs
+                stats.bytes += size
                 return
         finally:
             chain.pop()

@@ -168,6 +168,9 @@ class Daemon:
             self.collector = BackgroundCollector(
                 self.store, interval=cfg.gc_interval_seconds
             ).start()
+            # Wide trees' reference counts are settled in the background, soon after the
+            # snapshot that deferred them.
+            self.store.on_deferred_refs = self.collector.poke
         self.service = Service(
             self.store,
             self.registry,

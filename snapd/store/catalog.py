@@ -74,6 +74,11 @@ CREATE TABLE IF NOT EXISTS snapshots (
     excludes   TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS snapshots_by_workspace ON snapshots(workspace, seq);
+-- Objects whose references to their children are not counted yet (see Store.settle_refs).
+CREATE TABLE IF NOT EXISTS pending_refs (
+    id   BLOB PRIMARY KEY,
+    done INTEGER NOT NULL DEFAULT 0  -- how many of its children (in stored order) are counted
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ws_index (
     workspace INTEGER NOT NULL,
     path      BLOB NOT NULL,

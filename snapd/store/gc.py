@@ -6,6 +6,10 @@ GC deletes only while holding the exclusive flock, taken without blocking. So GC
 an object that an in-flight snapshot decided to reuse; a snapshot that starts after a deletion
 looks the object up again and stores it anew. Reference counts are exact (kept in the same
 transactions as the references), so "refs <= 0" is the whole garbage test: no mark phase.
+One exception, settled first: a new object with many children (a wide directory's tree) queues
+itself in pending_refs instead of counting them in its snapshot's commit. Each deleting batch
+settles whatever is pending in its own transaction, under the exclusive lock, before it looks
+for garbage; the bulk of that work is done beforehand without the lock.
 
 Work is bounded: each batch holds the exclusive lock for at most `batch_seconds`, so snapshots
 wait at most that long, and `max_seconds` bounds a whole pass. A pass that runs out of time
@@ -21,15 +25,9 @@ import os
 import time
 from collections.abc import Callable
 
-from .format import (
-    KIND_CHUNKLIST,
-    KIND_TREE,
-    decode_chunklist,
-    decode_tree,
-    tree_children,
-)
+from .format import KIND_CHUNKLIST, KIND_TREE
 from .packs import pack_filename
-from .store import Store, _fsync_dir
+from .store import Store, _fsync_dir, settle_batch
 
 log = logging.getLogger("snapd.gc")
 
@@ -68,6 +66,7 @@ def collect(
         "bytes_copied": 0,
         "reclaimed_bytes": 0,
         "lock_waits": 0,
+        "settled_refs": 0,
         "complete": False,
     }
 
@@ -76,6 +75,11 @@ def collect(
             progress({"phase": phase, **stats})
 
     before = _pack_bytes(store)
+    # Count pending references without blocking snapshots; a batch settles the rest.
+    settled = store.settle_refs(
+        max_seconds=None if deadline is None else max(0.0, deadline - time.monotonic())
+    )
+    stats["settled_refs"] = settled["refs"]
     done = _delete_garbage(store, stats, deadline, batch_seconds, report)
     if done:
         done = _compact(store, stats, deadline, max_unused, report)
@@ -130,6 +134,9 @@ def _delete_garbage(store: Store, stats: dict, deadline, batch_seconds, report) 
 def _delete_batch(store: Store, stats: dict, batch_deadline: float) -> bool:
     """Delete up to DELETE_BATCH garbage objects in one transaction; True if more remain."""
     with store.transaction() as conn:
+        # Pending references first, in this transaction: an object that only a pending object
+        # refers to has refs 0 and must not be taken for garbage.
+        stats["settled_refs"] += settle_batch(store, conn, None)[1]
         rows = conn.execute(
             "SELECT id, kind, pack, length, base FROM objects WHERE refs <= 0 LIMIT ?",
             (DELETE_BATCH,),
@@ -141,11 +148,7 @@ def _delete_batch(store: Store, stats: dict, batch_deadline: float) -> bool:
             children: list[bytes] = []
             if kind in (KIND_TREE, KIND_CHUNKLIST):
                 try:
-                    raw = store.read(oid, kind)
-                    if kind == KIND_TREE:
-                        children = list(tree_children(decode_tree(raw)))
-                    else:
-                        children = [cid for cid, _ in decode_chunklist(raw)]
+                    children = store.children(oid, kind)
                 except Exception as e:  # damaged: its children stay referenced (leak, not loss)
                     stats["unreadable_garbage"] += 1
                     log.warning(
@@ -401,6 +404,11 @@ class BackgroundCollector:
             if self._stop.is_set():
                 break
             try:
+                # Reference counts that snapshots deferred (wide trees): count them now, off
+                # the snapshots' path, in short transactions.
+                while not self._stop.is_set():
+                    if self.store.settle_refs(max_seconds=self.pass_seconds)["complete"]:
+                        break
                 while not self._stop.is_set() and self._garbage() >= self.min_garbage_bytes:
                     self.last = collect(
                         self.store,

@@ -25,7 +25,6 @@ from .format import (
     KIND_TREE,
     decode_chunklist,
     decode_tree,
-    tree_children,
 )
 from .packs import pack_filename
 from .store import Store
@@ -168,7 +167,8 @@ def recount_refs(store: Store, *, take_lock: bool = True) -> dict:
 
     The invariant GC relies on: an object's count is the number of references it receives from
     snapshots, workspace heads and every *existing* object (garbage included: an object gives
-    up its references only when GC deletes it). Unreadable objects count none (GC cannot
+    up its references only when GC deletes it), except the children an object queued in
+    pending_refs has not counted yet. Unreadable objects count none (GC cannot
     release what it cannot read either). Runs under the exclusive lock.
     """
     counts: dict[bytes, int] = {}
@@ -185,17 +185,16 @@ def recount_refs(store: Store, *, take_lock: bool = True) -> dict:
             "SELECT head_tree FROM workspaces WHERE head_tree IS NOT NULL"
         ).fetchall():
             counts[head] = counts.get(head, 0) + 1
+        # An object queued in pending_refs has counted only its first `done` children; the
+        # rest are counted when it is settled.
+        pending = dict(conn.execute("SELECT id, done FROM pending_refs").fetchall())
         rows = conn.execute("SELECT id, kind, base FROM objects").fetchall()
         for oid, kind, base in rows:
             children: list[bytes] = [base] if base is not None else []
             if kind in (KIND_TREE, KIND_CHUNKLIST):
                 try:
-                    raw = store.read(oid, kind)
-                    children += (
-                        list(tree_children(decode_tree(raw)))
-                        if kind == KIND_TREE
-                        else [c for c, _ in decode_chunklist(raw)]
-                    )
+                    kids = store.children(oid, kind)
+                    children += kids[: pending[oid]] if oid in pending else kids
                 except (DataLoss, ValueError):
                     unreadable.append(oid.hex())
             for c in children:
