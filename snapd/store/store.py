@@ -932,10 +932,11 @@ class Store:
         """
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         out = {"objects": 0, "refs": 0, "complete": False}
+        memo: dict[bytes, list[bytes]] = {}  # a wide tree is read once, not once per batch
         with self.shared():
             while True:
                 with self.transaction() as conn:
-                    objects, refs, more = settle_batch(self, conn, SETTLE_BATCH_REFS)
+                    objects, refs, more = settle_batch(self, conn, SETTLE_BATCH_REFS, memo)
                 out["objects"] += objects
                 out["refs"] += refs
                 if not more:
@@ -1147,7 +1148,10 @@ def _incref(conn: sqlite3.Connection, ids: Iterable[bytes]) -> None:
 
 
 def settle_batch(
-    store: Store, conn: sqlite3.Connection, max_refs: int | None
+    store: Store,
+    conn: sqlite3.Connection,
+    max_refs: int | None,
+    memo: dict[bytes, list[bytes]] | None = None,
 ) -> tuple[int, int, bool]:
     """Count up to max_refs (None: all) pending references inside the caller's transaction.
 
@@ -1166,7 +1170,10 @@ def settle_batch(
         children: list[bytes] = []
         if kind is not None:  # gone (a recount settled and GC deleted it): nothing owed
             try:
-                children = store.children(oid, kind)[done:]
+                kids = memo.get(oid) if memo is not None else None
+                if kids is None:
+                    kids = store.children(oid, kind)
+                children = kids[done:]
             except (DataLoss, ValueError) as e:
                 # Like GC and recount_refs: an unreadable object gives its children nothing;
                 # verify reports the damage.
@@ -1178,9 +1185,13 @@ def settle_batch(
             if budget is not None:
                 budget -= len(take)
         if len(take) < len(children):
+            if memo is not None:
+                memo[oid] = kids
             conn.execute("UPDATE pending_refs SET done = ? WHERE id = ?", (done + len(take), oid))
             return finished, counted, True
         conn.execute("DELETE FROM pending_refs WHERE id = ?", (oid,))
+        if memo is not None:
+            memo.pop(oid, None)
         finished += 1
     return finished, counted, False
 
