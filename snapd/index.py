@@ -12,7 +12,10 @@ daemon resumes with a warm stat cache instead of re-reading every file.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left
+from zlib import crc32
 
+from .store import format as fmt
 from .store.format import (
     ENTRY_CHUNKED,
     ENTRY_DIR,
@@ -25,7 +28,11 @@ from .store.format import (
 
 
 class FileNode:
-    """A regular file or a symlink. ref: content id (file), chunk-list id (chunked) or target."""
+    """A regular file or a symlink. ref: content id (file), chunk-list id (chunked) or target.
+
+    Never changed after it is made (a changed file gets a new node): a wide directory's cached
+    tree parts (SplitCache) tell an unchanged entry by the identity of its node.
+    """
 
     __slots__ = ("ctime_ns", "ino", "key", "kind", "mode", "mtime_ns", "racy", "ref", "size")
 
@@ -77,6 +84,7 @@ class DirNode:
         "mode",
         "mtime_ns",
         "racy",
+        "split",
         "totals",
         "tree_id",
     )
@@ -99,6 +107,7 @@ class DirNode:
         self.tree_id = tree_id  # None: changed since last encoded
         self.base_tree = tree_id  # the last encoded tree, a good delta base for the next one
         self.totals: tuple[int, int] | None = None  # (file bytes, files) below; None: unknown
+        self.split: SplitCache | None = None  # a wide directory's parts as last stored
         # True until a listing of this directory was recorded with stat data that vouches for
         # it: adding, removing or renaming an entry changes a directory's mtime and ctime, so
         # while those are unchanged a full walk may stat the known names without listing.
@@ -116,10 +125,19 @@ class DirNode:
 
     def subtree_totals(self) -> tuple[int, int]:
         """(bytes, count) of regular files below; cached until the directory changes."""
+        if self.totals is None and self.split is not None and self.tree_id is not None:
+            # Encoded since its last change, so its cached parts are its entries (the
+            # directory's parts keep their totals: a wide one is not summed entry by entry).
+            size = files = 0
+            for part in self.split.parts:
+                b, f = part.totals()
+                size += b
+                files += f
+            self.totals = (size, files)
         if self.totals is None:
             size = files = 0
             for child in self.entries.values():
-                if isinstance(child, DirNode):
+                if child.__class__ is DirNode:
                     b, f = child.subtree_totals()
                     size += b
                     files += f
@@ -133,30 +151,173 @@ class DirNode:
         """The tree object of this directory (children must be encoded) and its child ids.
 
         The same bytes as format.encode_tree of the children's entry() tuples, packed straight
-        from the nodes: a directory of 40k entries is re-encoded whenever one entry changes,
-        and skipping the tuples makes that about 2.5x cheaper.
+        from the nodes (about 2.5x cheaper than building the tuples).
         """
-        parts = [TREE_MAGIC]
-        add = parts.append
-        pack = TREE_ENTRY.pack
-        children: list[bytes] = []
-        add_child = children.append
+        part = _pack(sorted(self.entries), self.entries)
+        assert part.raw is not None and part.kids is not None
+        return part.raw, part.kids
+
+    def encode_parts(self) -> list[Part]:
+        """A wide directory's tree as parts (see format.TREE_INDEX_MAGIC), the same parts a
+        full encoding gives. Parts still stored as they are come back with their id and no
+        bytes; the others with their bytes, to be stored and then passed to remember_parts.
+
+        With the parts of the last encoding cached, only the parts around changed entries are
+        packed again: a 43k-entry directory costs ~10 ms after a one-file change instead of
+        ~100 ms. Cut decisions depend only on the names since the last cut, so after a changed
+        part the cutter re-synchronises at the first old boundary it meets, and from there the
+        old parts are the parts a full encoding would make.
+        """
         entries = self.entries
-        for name in sorted(entries):
-            node = entries[name]
-            if node.__class__ is DirNode:
-                ref = node.tree_id
-                assert ref is not None, "children are encoded first"
-                add(pack(ENTRY_DIR, len(name), node.mode, node.mtime_ns, 0, len(ref)))
-                add_child(ref)
+        cache = self.split
+        if cache is None:
+            return _cut(sorted(entries), entries, [])
+        get = entries.get
+        changed: set[int] = set()
+        removed: list[bytes] = []
+        for i, part in enumerate(cache.parts):
+            # Nodes compare by identity (FileNode has no __eq__): one C-level list comparison.
+            if list(map(get, part.names)) != part.nodes:
+                changed.add(i)
+                removed += [n for n in part.names if n not in entries]
+                continue
+            nodes = part.nodes
+            for j, mode, mtime_ns, tree_id in part.dirs:
+                d = nodes[j]
+                if d.mode != mode or d.mtime_ns != mtime_ns or d.tree_id != tree_id:
+                    changed.add(i)
+                    break
+        added: dict[int, list[bytes]] = {}
+        if removed or len(entries) != cache.count:  # else the names are the same
+            lasts = [p.names[-1] for p in cache.parts]
+            new = entries.keys() - cache.names
+            for name in new:
+                i = min(bisect_left(lasts, name), len(lasts) - 1)
+                added.setdefault(i, []).append(name)
+                changed.add(i)
+            cache.names.difference_update(removed)
+            cache.names.update(new)
+            cache.count = len(entries)
+        if not changed:
+            return list(cache.parts)
+        out: list[Part] = []
+        run: list[bytes] = []
+        for i, part in enumerate(cache.parts):
+            if i not in changed and not run:
+                out.append(part)  # the cutter is at this old boundary: the part stands
+                continue
+            if i in changed:
+                names = [n for n in part.names if n in entries] + added.get(i, [])
+                names.sort()
             else:
-                ref = node.ref
-                add(pack(node.kind, len(name), node.mode, node.mtime_ns, node.size, len(ref)))
-                if node.kind != ENTRY_SYMLINK:
-                    add_child(ref)
-            add(name)
-            add(ref)
-        return b"".join(parts), children
+                names = part.names
+            _cut(names, entries, out, run)
+        if run:
+            out.append(_pack(run, entries))
+        return out
+
+    def remember_parts(self, parts: list[Part]) -> None:
+        """Cache the parts just stored (each with its id) for the next encoding."""
+        assert all(p.oid is not None for p in parts)
+        for p in parts:
+            p.raw = p.kids = None  # stored: keep what identifies them, not their bytes
+        cache = self.split
+        if cache is None:
+            self.split = SplitCache(parts, set(self.entries), len(self.entries))
+        else:  # encode_parts brought its names up to date
+            cache.parts = parts
+
+
+class Part:
+    """One part of a wide directory's tree: its entries' names and nodes (in order), the
+    stored state of its directory entries, and its id once stored (or its bytes before)."""
+
+    __slots__ = ("_totals", "dirs", "kids", "names", "nodes", "oid", "raw")
+
+    def __init__(self, names, nodes, dirs, raw, kids) -> None:
+        self.names: list[bytes] = names
+        self.nodes: list = nodes
+        # (position, mode, mtime_ns, tree_id) of each directory entry: a DirNode changes in
+        # place, so its identity alone does not vouch for its entry.
+        self.dirs: list[tuple[int, int, int, bytes]] = dirs
+        self.raw: bytes | None = raw
+        self.kids: list[bytes] | None = kids
+        self.oid: bytes | None = None
+        self._totals: tuple[int, int] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
+
+    def totals(self) -> tuple[int, int]:
+        """(bytes, count) of the regular files at or below its entries. Computed once: a part
+        whose entries or subdirectories change is a new part."""
+        if self._totals is None:
+            size = files = 0
+            for node in self.nodes:
+                if node.__class__ is DirNode:
+                    b, f = node.subtree_totals()
+                    size += b
+                    files += f
+                elif node.kind != ENTRY_SYMLINK:
+                    size += node.size
+                    files += 1
+            self._totals = (size, files)
+        return self._totals
+
+
+class SplitCache:
+    __slots__ = ("count", "names", "parts")
+
+    def __init__(self, parts: list[Part], names: set[bytes], count: int) -> None:
+        self.parts = parts
+        self.names = names
+        self.count = count
+
+
+def _pack(names: list[bytes], entries: dict) -> Part:
+    """A part holding these (sorted) names' entries."""
+    out = [TREE_MAGIC]
+    add = out.append
+    pack = TREE_ENTRY.pack
+    kids: list[bytes] = []
+    dirs: list[tuple[int, int, int, bytes]] = []
+    nodes = [entries[n] for n in names]
+    for j, (name, node) in enumerate(zip(names, nodes, strict=True)):
+        if node.__class__ is DirNode:
+            ref = node.tree_id
+            assert ref is not None, "children are encoded first"
+            add(pack(ENTRY_DIR, len(name), node.mode, node.mtime_ns, 0, len(ref)))
+            kids.append(ref)
+            dirs.append((j, node.mode, node.mtime_ns, ref))
+        else:
+            ref = node.ref
+            add(pack(node.kind, len(name), node.mode, node.mtime_ns, node.size, len(ref)))
+            if node.kind != ENTRY_SYMLINK:
+                kids.append(ref)
+        add(name)
+        add(ref)
+    return Part(list(names), nodes, dirs, b"".join(out), kids)
+
+
+def _cut(
+    names: list[bytes], entries: dict, out: list[Part], run: list[bytes] | None = None
+) -> list[Part]:
+    """Feed sorted names to the cutter: each completed run becomes a packed part in `out`;
+    the open run stays in `run` (a new list if none is given, packed at the end)."""
+    final = run is None
+    if run is None:
+        run = []
+    pmin, pmax, mask = fmt.PART_MIN_ENTRIES, fmt.PART_MAX_ENTRIES, fmt.PART_BOUNDARY_MASK
+    for name in names:
+        run.append(name)
+        k = len(run)
+        if k >= pmax or (k >= pmin and crc32(name) & mask == 0):
+            out.append(_pack(run, entries))
+            run.clear()
+    if final and run:
+        out.append(_pack(run, entries))
+    return out
 
 
 Node = FileNode | DirNode

@@ -23,6 +23,7 @@ from .errors import Aborted, PermissionDenied
 from .fsutil import join, open_beneath, read_all, split
 from .ignore import IGNORE_FILE, INTERNAL_PREFIX, Excludes, is_internal
 from .index import DirNode, FileNode, Node, lookup, walk
+from .store import format as fmt
 from .store.format import (
     ENTRY_CHUNKED,
     ENTRY_FILE,
@@ -31,6 +32,7 @@ from .store.format import (
     KIND_DATA,
     KIND_TREE,
     encode_chunklist,
+    encode_tree_index,
 )
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -847,10 +849,24 @@ def encode_dirty(root: DirNode, sink, upserts: list[tuple[bytes, Node]] | None =
 
     def visit(node: DirNode, path: bytes) -> bytes:
         for name, child in node.entries.items():
-            if isinstance(child, DirNode) and child.tree_id is None:
+            if child.__class__ is DirNode and child.tree_id is None:
                 visit(child, join(path, name))
-        raw, children = node.encode()
-        node.tree_id = sink.put(KIND_TREE, raw, children=children, base=node.base_tree)
+        if len(node.entries) > fmt.SPLIT_MIN_ENTRIES:
+            # A wide directory: only the parts that changed are packed and stored again.
+            parts = node.encode_parts()
+            for part in parts:
+                if part.oid is None:
+                    part.oid = sink.put(KIND_TREE, part.raw, children=part.kids)
+            node.remember_parts(parts)
+            node.tree_id = sink.put(
+                KIND_TREE,
+                encode_tree_index((part.count, part.oid) for part in parts),
+                children=[part.oid for part in parts],
+            )
+        else:
+            node.split = None
+            raw, children = node.encode()
+            node.tree_id = sink.put(KIND_TREE, raw, children=children, base=node.base_tree)
         node.base_tree = node.tree_id
         if upserts is not None:
             upserts.append((path, node))

@@ -43,8 +43,7 @@ from snapd.store.format import (
     KIND_CHUNKLIST,
     KIND_TREE,
     decode_chunklist,
-    decode_tree,
-    tree_children,
+    tree_refs,
 )
 from snapd.store.store import Store
 from snapd.workspace import Workspace, WorkspaceSettings
@@ -158,7 +157,7 @@ def refcount_errors(store: Store, limit: int = 20) -> list[str]:
         if base is not None:
             want[base] += 1
         if kind == KIND_TREE:
-            children = list(tree_children(decode_tree(store.read(oid, KIND_TREE))))
+            children = tree_refs(store.read(oid, KIND_TREE))
         elif kind == KIND_CHUNKLIST:
             children = [cid for cid, _ in decode_chunklist(store.read(oid, KIND_CHUNKLIST))]
         else:

@@ -158,6 +158,40 @@ def tree_children(entries: Iterable[TreeEntry]) -> Iterator[bytes]:
             yield e.ref
 
 
+# A wide directory's tree is an index of parts: TREE objects that each hold a run of its sorted
+# entries, cut where an entry's name hashes to a boundary (content-defined, so an edit changes
+# one part and an insertion moves no boundary but its own). A change then stores one part and
+# a small index instead of re-storing (and re-referencing) every entry.
+#   index := "SNX1" part*      part := u32 entry_count | 16-byte id of a "SNT1" tree
+TREE_INDEX_MAGIC = b"SNX1"
+TREE_PART = struct.Struct("<I16s")
+SPLIT_MIN_ENTRIES = 2048  # directories with more entries than this are split
+PART_MIN_ENTRIES = 64
+PART_MAX_ENTRIES = 4096
+PART_BOUNDARY_MASK = 511  # a part ends after an entry whose name's crc32 & mask == 0 (~512)
+
+
+def is_tree_index(data: bytes) -> bool:
+    return data[:4] == TREE_INDEX_MAGIC
+
+
+def encode_tree_index(parts: Iterable[tuple[int, bytes]]) -> bytes:
+    return TREE_INDEX_MAGIC + b"".join(TREE_PART.pack(n, pid) for n, pid in parts)
+
+
+def decode_tree_index(data: bytes) -> list[tuple[int, bytes]]:
+    if data[:4] != TREE_INDEX_MAGIC or (len(data) - 4) % TREE_PART.size or len(data) == 4:
+        raise ValueError("not a tree index object")
+    return [(n, bytes(pid)) for n, pid in TREE_PART.iter_unpack(memoryview(data)[4:])]
+
+
+def tree_refs(data: bytes) -> list[bytes]:
+    """The ids a TREE object refers to: its parts (an index) or its entries' objects."""
+    if is_tree_index(data):
+        return [pid for _, pid in decode_tree_index(data)]
+    return list(tree_children(decode_tree(data)))
+
+
 # --- chunk lists ------------------------------------------------------------------------------
 CHUNKLIST_MAGIC = b"SNC1"
 _CHUNK = struct.Struct("<16sI")

@@ -24,6 +24,8 @@ from .format import (
     KIND_TREE,
     decode_chunklist,
     decode_tree,
+    decode_tree_index,
+    is_tree_index,
 )
 from .packs import pack_filename
 
@@ -144,7 +146,14 @@ def _damaged(store, tree_id: bytes, lost: set[bytes], memo: dict[bytes, bool]) -
         bad = True
     else:
         try:
-            entries = decode_tree(store.read(tree_id, KIND_TREE))
+            raw = store.read(tree_id, KIND_TREE)
+            if is_tree_index(raw):  # a wide directory: its parts, then their entries
+                parts = [pid for _, pid in decode_tree_index(raw)]
+                if any(pid in lost for pid in parts):
+                    raise DataLoss("a part of the tree is lost")
+                entries = [e for pid in parts for e in decode_tree(store.read(pid, KIND_TREE))]
+            else:
+                entries = decode_tree(raw)
         except (DataLoss, ValueError):
             entries, bad = [], True
         for e in entries:

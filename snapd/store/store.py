@@ -63,9 +63,11 @@ from .format import (
     decode_chunklist,
     decode_record_header,
     decode_tree,
+    decode_tree_index,
     encode_record,
+    is_tree_index,
     record_header_size,
-    tree_children,
+    tree_refs,
 )
 from .idfilter import IdFilter
 from .packs import PackReader, PackWriter, pack_filename
@@ -542,10 +544,7 @@ class Store:
             if entries is not None:
                 self._tree_cache.move_to_end(oid)
                 return entries
-        try:
-            entries = decode_tree(self.read(oid, KIND_TREE))
-        except ValueError as e:
-            raise DataLoss(f"tree {oid.hex()} is malformed") from e
+        entries = self._decode_tree_object(oid)
         with self._tree_cache_lock:
             if oid not in self._tree_cache:
                 self._tree_cache[oid] = entries
@@ -554,6 +553,22 @@ class Store:
                     _, old = self._tree_cache.popitem(last=False)
                     self._tree_cache_entries -= len(old) + 1
         return entries
+
+    def _decode_tree_object(self, oid: bytes) -> list[TreeEntry]:
+        """A directory's entries: of one tree object, or of the parts a tree index lists."""
+        raw = self.read(oid, KIND_TREE)
+        try:
+            if not is_tree_index(raw):
+                return decode_tree(raw)
+            entries: list[TreeEntry] = []
+            for count, part_id in decode_tree_index(raw):
+                part = decode_tree(self.read(part_id, KIND_TREE))
+                if len(part) != count or not part or (entries and part[0].name <= entries[-1].name):
+                    raise ValueError(f"part {part_id.hex()} does not fit the index")
+                entries += part
+            return entries
+        except ValueError as e:
+            raise DataLoss(f"tree {oid.hex()} is malformed: {e}") from e
 
     def read_chunklist(self, oid: bytes) -> list[tuple[bytes, int]]:
         try:
@@ -917,7 +932,7 @@ class Store:
         """The ids a tree or chunk list refers to, one per reference, in stored order."""
         raw = self.read(oid, kind)
         if kind == KIND_TREE:
-            return list(tree_children(decode_tree(raw)))
+            return tree_refs(raw)
         if kind == KIND_CHUNKLIST:
             return [c for c, _ in decode_chunklist(raw)]
         return []

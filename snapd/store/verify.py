@@ -25,6 +25,8 @@ from .format import (
     KIND_TREE,
     decode_chunklist,
     decode_tree,
+    decode_tree_index,
+    is_tree_index,
 )
 from .packs import pack_filename
 from .store import Store
@@ -128,15 +130,37 @@ def _check(
     return None, raw
 
 
-def _walk(store, snap_id, tree_id, path, checked, report, sample) -> None:
+def _tree_entries(store, tree_id, checked, report) -> tuple[list, bytes, str | None]:
+    """A directory's entries, checking its tree object and, for a wide one, every part.
+    Returns (entries, id of the damaged object, error)."""
     err, raw = _check(store, tree_id, KIND_TREE, checked, report)
-    if err is None:
-        try:
-            entries = decode_tree(raw)
-        except ValueError:
-            err = "malformed tree"
     if err is not None:
-        report.problems.append(Problem(snap_id, os.fsdecode(path) or "/", tree_id.hex(), err))
+        return [], tree_id, err
+    try:
+        if not is_tree_index(raw):
+            return decode_tree(raw), tree_id, None
+        parts = decode_tree_index(raw)
+    except ValueError:
+        return [], tree_id, "malformed tree"
+    entries: list = []
+    for count, part_id in parts:
+        err, praw = _check(store, part_id, KIND_TREE, checked, report)
+        if err is not None:
+            return [], part_id, err
+        try:
+            part = decode_tree(praw)
+        except ValueError:
+            return [], part_id, "malformed tree part"
+        if len(part) != count or not part or (entries and part[0].name <= entries[-1].name):
+            return [], part_id, "tree part does not fit its index"
+        entries += part
+    return entries, tree_id, None
+
+
+def _walk(store, snap_id, tree_id, path, checked, report, sample) -> None:
+    entries, bad_id, err = _tree_entries(store, tree_id, checked, report)
+    if err is not None:
+        report.problems.append(Problem(snap_id, os.fsdecode(path) or "/", bad_id.hex(), err))
         return
     for e in entries:
         p = path + b"/" + e.name if path else e.name
