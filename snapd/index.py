@@ -125,26 +125,14 @@ class DirNode:
 
     def subtree_totals(self) -> tuple[int, int]:
         """(bytes, count) of regular files below; cached until the directory changes."""
-        if self.totals is None and self.split is not None and self.tree_id is not None:
-            # Encoded since its last change, so its cached parts are its entries (the
-            # directory's parts keep their totals: a wide one is not summed entry by entry).
-            size = files = 0
-            for part in self.split.parts:
-                b, f = part.totals()
-                size += b
-                files += f
-            self.totals = (size, files)
         if self.totals is None:
-            size = files = 0
-            for child in self.entries.values():
-                if child.__class__ is DirNode:
-                    b, f = child.subtree_totals()
-                    size += b
-                    files += f
-                elif child.kind != ENTRY_SYMLINK:
-                    size += child.size
-                    files += 1
-            self.totals = (size, files)
+            parts = self.current_parts()
+            if parts is not None:
+                # A wide directory sums its parts' totals, not every entry again.
+                totals = [part.totals() for part in parts]
+                self.totals = (sum(b for b, _ in totals), sum(f for _, f in totals))
+            else:
+                self.totals = _totals(self.entries.values())
         return self.totals
 
     def encode(self) -> tuple[bytes, list[bytes]]:
@@ -216,8 +204,9 @@ class DirNode:
             out.append(_pack(run, entries))
         return out
 
-    def remember_parts(self, parts: list[Part]) -> None:
-        """Cache the parts just stored (each with its id) for the next encoding."""
+    def remember_parts(self, parts: list[Part], tree_id: bytes) -> None:
+        """Cache the parts just stored (each with its id) under the index `tree_id` they make,
+        for the next encoding."""
         assert all(p.oid is not None for p in parts)
         for p in parts:
             p.raw = p.kids = None  # stored: keep what identifies them, not their bytes
@@ -226,6 +215,15 @@ class DirNode:
             self.split = SplitCache(parts, set(self.entries), len(self.entries))
         else:  # encode_parts brought its names up to date
             cache.parts = parts
+        self.split.tree_id = tree_id
+
+    def current_parts(self) -> list[Part] | None:
+        """The parts of this directory's tree if the cache describes its entries as they are
+        (encoded since their last change; a restore may set tree_id to another tree)."""
+        split = self.split
+        if split is not None and self.tree_id is not None and split.tree_id == self.tree_id:
+            return split.parts
+        return None
 
 
 class Part:
@@ -253,26 +251,32 @@ class Part:
         """(bytes, count) of the regular files at or below its entries. Computed once: a part
         whose entries or subdirectories change is a new part."""
         if self._totals is None:
-            size = files = 0
-            for node in self.nodes:
-                if node.__class__ is DirNode:
-                    b, f = node.subtree_totals()
-                    size += b
-                    files += f
-                elif node.kind != ENTRY_SYMLINK:
-                    size += node.size
-                    files += 1
-            self._totals = (size, files)
+            self._totals = _totals(self.nodes)
         return self._totals
 
 
 class SplitCache:
-    __slots__ = ("count", "names", "parts")
+    __slots__ = ("count", "names", "parts", "tree_id")
 
     def __init__(self, parts: list[Part], names: set[bytes], count: int) -> None:
         self.parts = parts
         self.names = names
         self.count = count
+        self.tree_id: bytes | None = None  # the index these parts make
+
+
+def _totals(nodes) -> tuple[int, int]:
+    """(bytes, count) of the regular files among these nodes and below them."""
+    size = files = 0
+    for node in nodes:
+        if node.__class__ is DirNode:
+            b, f = node.subtree_totals()
+            size += b
+            files += f
+        elif node.kind != ENTRY_SYMLINK:
+            size += node.size
+            files += 1
+    return size, files
 
 
 def _pack(names: list[bytes], entries: dict) -> Part:

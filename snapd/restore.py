@@ -32,7 +32,10 @@ from .store.format import (
     ENTRY_FILE,
     ENTRY_KIND_NAMES,
     ENTRY_SYMLINK,
+    KIND_TREE,
     TreeEntry,
+    decode_tree_index,
+    is_tree_index,
 )
 from .store.store import Store
 
@@ -111,12 +114,38 @@ class Planner:
         self.needed: dict[bytes, tuple[bool, int]] = {}  # content ref -> (chunked, size)
 
     def plan(self, cur: DirNode, target_tree: bytes, scope: dict | None) -> _DirPlan | None:
+        if scope is None and cur.tree_id != target_tree:
+            return self._subdir(cur, target_tree, b"")
         return self._dir(cur, self._entries(target_tree), b"", scope, cur.tree_id == target_tree)
 
     def _entries(self, tree_id: bytes | None) -> dict[bytes, TreeEntry]:
         if tree_id is None:
             return {}
         return {e.name: e for e in self.store.read_tree(tree_id)}
+
+    def _subdir(self, cur: DirNode, tree_id: bytes, path: bytes) -> _DirPlan | None:
+        """Plan a whole directory against its target tree. A wide one whose index shares parts
+        with the directory's current parts compares only the entries of the other parts:
+        a shared part holds the same entries on both sides (and none of them is excluded,
+        or the scan before the restore would have dropped it from the index)."""
+        parts = cur.current_parts()
+        if parts is not None:
+            raw = self.store.read(tree_id, KIND_TREE)
+            if is_tree_index(raw):
+                target_parts = [pid for _, pid in decode_tree_index(raw)]
+                shared = {p.oid for p in parts} & set(target_parts)
+                target = {
+                    e.name: e
+                    for pid in target_parts
+                    if pid not in shared
+                    for e in self.store.read_tree(pid)
+                }
+                names = set(target)
+                for part in parts:
+                    if part.oid not in shared:
+                        names.update(part.names)
+                return self._dir(cur, target, path, None, names=names)
+        return self._dir(cur, self._entries(tree_id), path, None)
 
     def _dir(
         self,
@@ -125,13 +154,15 @@ class Planner:
         rel: bytes,
         scope: dict | None,
         same: bool = False,
+        names: set[bytes] | None = None,
     ) -> _DirPlan | None:
         if same and scope is None:
             return None
         ops: list[_Op] = []
         exact = scope is None
         cur_entries = cur.entries if cur is not None else {}
-        names = set(target) | set(cur_entries) if scope is None else set(scope)
+        if names is None:
+            names = set(target) | set(cur_entries) if scope is None else set(scope)
         for name in sorted(names):
             path = join(rel, name)
             c = cur_entries.get(name)
@@ -188,7 +219,7 @@ class Planner:
         if t.kind == ENTRY_DIR:
             if isinstance(c, DirNode):
                 same = c.tree_id == t.ref
-                sub = None if same else self._dir(c, self._entries(t.ref), path, None)
+                sub = None if same else self._subdir(c, t.ref, path)
                 meta = c.mode != t.mode or c.mtime_ns != t.mtime_ns
                 if sub is None and not meta:
                     return None

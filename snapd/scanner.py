@@ -857,12 +857,12 @@ def encode_dirty(root: DirNode, sink, upserts: list[tuple[bytes, Node]] | None =
             for part in parts:
                 if part.oid is None:
                     part.oid = sink.put(KIND_TREE, part.raw, children=part.kids)
-            node.remember_parts(parts)
             node.tree_id = sink.put(
                 KIND_TREE,
                 encode_tree_index((part.count, part.oid) for part in parts),
                 children=[part.oid for part in parts],
             )
+            node.remember_parts(parts, node.tree_id)
         else:
             node.split = None
             raw, children = node.encode()

@@ -156,7 +156,7 @@ OPS = st.lists(
 
 
 @settings(
-    max_examples=40,
+    max_examples=int(os.environ.get("SNAPD_HYPOTHESIS_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
