@@ -217,6 +217,29 @@ class DirNode:
             cache.parts = parts
         self.split.tree_id = tree_id
 
+    def adopt_parts(
+        self, layout: list[tuple[bytes, Part | None, list[bytes] | None]], tree_id: bytes
+    ) -> None:
+        """After a restore made this directory exactly the wide tree `tree_id`: cache its parts
+        (`layout`, in order: each part's id with the current part it shares, or the names it
+        holds), so the next restore or encoding need not compare every entry again."""
+        entries = self.entries
+        parts: list[Part] = []
+        for pid, shared, names in layout:
+            if shared is None:
+                if names is None or any(n not in entries for n in names):
+                    return  # not what the restore should have left: keep no cache
+                part = _pack(names, entries)
+                part.raw = part.kids = None
+            else:
+                part = shared
+            part.oid = pid
+            parts.append(part)
+        if sum(p.count for p in parts) != len(entries):
+            return
+        self.split = SplitCache(parts, set(entries), len(entries))
+        self.split.tree_id = tree_id
+
     def current_parts(self) -> list[Part] | None:
         """The parts of this directory's tree if the cache describes its entries as they are
         (encoded since their last change; a restore may set tree_id to another tree)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .errors import Aborted, DataLoss, InvalidArgument, PermissionDenied, ResourceExhausted
 from .fsutil import join, rename_noreplace
 from .ignore import INTERNAL_PREFIX, Excludes
-from .index import DirNode, FileNode, Node, walk
+from .index import DirNode, FileNode, Node, Part, walk
 from .store.format import (
     ENTRY_CHUNKED,
     ENTRY_DIR,
@@ -82,6 +82,9 @@ class _Op:
 class _DirPlan:
     ops: list[_Op]
     exact: bool  # after applying, the directory equals the target tree
+    # A wide directory's target parts, in order: (id, the current part it shares, else the
+    # names it holds). Lets the restored directory keep its parts cached (DirNode.adopt_parts).
+    parts: list[tuple[bytes, Part | None, list[bytes] | None]] | None = None
 
 
 def parse_paths(paths: list[str]) -> dict:
@@ -133,18 +136,26 @@ class Planner:
             raw = self.store.read(tree_id, KIND_TREE)
             if is_tree_index(raw):
                 target_parts = [pid for _, pid in decode_tree_index(raw)]
-                shared = {p.oid for p in parts} & set(target_parts)
-                target = {
-                    e.name: e
-                    for pid in target_parts
-                    if pid not in shared
-                    for e in self.store.read_tree(pid)
-                }
+                by_id = {p.oid: p for p in parts}
+                target: dict[bytes, TreeEntry] = {}
+                layout: list[tuple[bytes, Part | None, list[bytes] | None]] = []
+                for pid in target_parts:
+                    if pid in by_id:
+                        layout.append((pid, by_id[pid], None))
+                        continue
+                    entries = self.store.read_tree(pid)
+                    layout.append((pid, None, [e.name for e in entries]))
+                    for e in entries:
+                        target[e.name] = e
                 names = set(target)
+                shared = {pid for pid, part, _ in layout if part is not None}
                 for part in parts:
                     if part.oid not in shared:
                         names.update(part.names)
-                return self._dir(cur, target, path, None, names=names)
+                plan = self._dir(cur, target, path, None, names=names)
+                if plan is not None:
+                    plan.parts = layout
+                return plan
         return self._dir(cur, self._entries(tree_id), path, None)
 
     def _dir(
@@ -310,6 +321,8 @@ class Applier:
             if restore_mode is not None:
                 os.chmod(self.rootfd, restore_mode)
         root.tree_id = target_root if plan.exact and target_root is not None else None
+        if root.tree_id is not None and plan.parts is not None:
+            root.adopt_parts(plan.parts, root.tree_id)
         self.changed[b""] = root
 
     @staticmethod
@@ -430,6 +443,8 @@ class Applier:
         node.racy = True  # mtime was set back by us; entries we do not know may be in there
         if t.ref and sub.exact:
             node.tree_id = node.base_tree = t.ref
+            if sub.parts is not None:
+                node.adopt_parts(sub.parts, t.ref)
         else:
             node.invalidate()
         self._put(parent, op.path, name, node)

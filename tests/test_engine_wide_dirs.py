@@ -77,6 +77,11 @@ def test_an_edit_or_an_insertion_changes_only_the_parts_around_it(ws, store):
     assert len(set(pc) - set(pb)) <= 2  # its own part (and one more if a boundary moved)
     # The edit stored the file, one part, the index and the root: nothing else.
     assert b.stats["new_objects"] <= 4
+    # A restore leaves the directory's parts cached (the next restore compares parts, not
+    # 5k entries), and they are the target's.
+    ws.restore(a.id)
+    parts = ws.root.entries[b"wide"].current_parts()
+    assert parts is not None and [p.oid for p in parts] == pa
 
 
 @pytest.mark.parametrize("direction", ["grow", "shrink"])
