@@ -229,8 +229,13 @@ class DirNode:
             if shared is None:
                 if names is None or any(n not in entries for n in names):
                     return  # not what the restore should have left: keep no cache
-                part = _pack(names, entries)
-                part.raw = part.kids = None
+                nodes = [entries[n] for n in names]
+                dirs = [
+                    (j, d.mode, d.mtime_ns, d.tree_id)
+                    for j, d in enumerate(nodes)
+                    if d.__class__ is DirNode
+                ]
+                part = Part(list(names), nodes, dirs, None, None)
             else:
                 part = shared
             part.oid = pid

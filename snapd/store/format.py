@@ -166,9 +166,9 @@ def tree_children(entries: Iterable[TreeEntry]) -> Iterator[bytes]:
 TREE_INDEX_MAGIC = b"SNX1"
 TREE_PART = struct.Struct("<I16s")
 SPLIT_MIN_ENTRIES = 2048  # directories with more entries than this are split
-PART_MIN_ENTRIES = 64
+PART_MIN_ENTRIES = 32
 PART_MAX_ENTRIES = 4096
-PART_BOUNDARY_MASK = 511  # a part ends after an entry whose name's crc32 & mask == 0 (~512)
+PART_BOUNDARY_MASK = 255  # a part ends after an entry whose name's crc32 & mask == 0 (~290)
 
 
 def is_tree_index(data: bytes) -> bool:
