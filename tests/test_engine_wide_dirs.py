@@ -202,3 +202,22 @@ def test_property_split_trees_round_trip(tmp_path_factory, monkeypatch, steps, r
     finally:
         ws.close()
         store.close()
+
+
+def test_an_index_whose_parts_do_not_fit_is_malformed(ws, store):
+    """Parts out of order, or a count that is not the part's: read_tree refuses the tree."""
+    _fill(ws.path, WIDE)
+    snap = ws.snapshot()
+    wide = _wide_tree(store, snap)
+    parts = fmt.decode_tree_index(store.read(wide, fmt.KIND_TREE))
+    swapped = [parts[1], parts[0], *parts[2:]]
+    miscounted = [(parts[0][0] + 1, parts[0][1]), *parts[1:]]
+    with store.writer() as w:
+        bad = [
+            w.put(fmt.KIND_TREE, fmt.encode_tree_index(p), children=[pid for _, pid in p])
+            for p in (swapped, miscounted)
+        ]
+        w.flush()
+    for oid in bad:
+        with pytest.raises(DataLoss, match="does not fit"):
+            store.read_tree(oid)

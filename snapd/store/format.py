@@ -185,6 +185,12 @@ def decode_tree_index(data: bytes) -> list[tuple[int, bytes]]:
     return [(n, bytes(pid)) for n, pid in TREE_PART.iter_unpack(memoryview(data)[4:])]
 
 
+def part_fits(entries: list[TreeEntry], part: list[TreeEntry], count: int) -> bool:
+    """Does `part` (decoded) hold `count` entries that sort after all of `entries`, the
+    entries of the parts before it?"""
+    return len(part) == count and bool(part) and (not entries or part[0].name > entries[-1].name)
+
+
 def tree_refs(data: bytes) -> list[bytes]:
     """The ids a TREE object refers to: its parts (an index) or its entries' objects."""
     if is_tree_index(data):

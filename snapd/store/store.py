@@ -66,6 +66,7 @@ from .format import (
     decode_tree_index,
     encode_record,
     is_tree_index,
+    part_fits,
     record_header_size,
     tree_refs,
 )
@@ -563,7 +564,7 @@ class Store:
             entries: list[TreeEntry] = []
             for count, part_id in decode_tree_index(raw):
                 part = decode_tree(self.read(part_id, KIND_TREE))
-                if len(part) != count or not part or (entries and part[0].name <= entries[-1].name):
+                if not part_fits(entries, part, count):
                     raise ValueError(f"part {part_id.hex()} does not fit the index")
                 entries += part
             return entries

@@ -27,6 +27,7 @@ from .format import (
     decode_tree,
     decode_tree_index,
     is_tree_index,
+    part_fits,
 )
 from .packs import pack_filename
 from .store import Store
@@ -151,7 +152,7 @@ def _tree_entries(store, tree_id, checked, report) -> tuple[list, bytes, str | N
             part = decode_tree(praw)
         except ValueError:
             return [], part_id, "malformed tree part"
-        if len(part) != count or not part or (entries and part[0].name <= entries[-1].name):
+        if not part_fits(entries, part, count):
             return [], part_id, "tree part does not fit its index"
         entries += part
     return entries, tree_id, None
