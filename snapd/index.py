@@ -176,7 +176,7 @@ class DirNode:
                     changed.add(i)
                     break
         added: dict[int, list[bytes]] = {}
-        if removed or len(entries) != cache.count:  # else the names are the same
+        if removed or len(entries) != len(cache.names):  # else the names are the same
             lasts = [p.names[-1] for p in cache.parts]
             new = entries.keys() - cache.names
             for name in new:
@@ -185,7 +185,6 @@ class DirNode:
                 changed.add(i)
             cache.names.difference_update(removed)
             cache.names.update(new)
-            cache.count = len(entries)
         if not changed:
             return list(cache.parts)
         out: list[Part] = []
@@ -212,7 +211,7 @@ class DirNode:
             p.raw = p.kids = None  # stored: keep what identifies them, not their bytes
         cache = self.split
         if cache is None:
-            self.split = SplitCache(parts, set(self.entries), len(self.entries))
+            self.split = SplitCache(parts, set(self.entries))
         else:  # encode_parts brought its names up to date
             cache.parts = parts
         self.split.tree_id = tree_id
@@ -242,7 +241,7 @@ class DirNode:
             parts.append(part)
         if sum(p.count for p in parts) != len(entries):
             return
-        self.split = SplitCache(parts, set(entries), len(entries))
+        self.split = SplitCache(parts, set(entries))
         self.split.tree_id = tree_id
 
     def current_parts(self) -> list[Part] | None:
@@ -284,12 +283,13 @@ class Part:
 
 
 class SplitCache:
-    __slots__ = ("count", "names", "parts", "tree_id")
+    """A wide directory's parts as last stored, and the set of its names then."""
 
-    def __init__(self, parts: list[Part], names: set[bytes], count: int) -> None:
+    __slots__ = ("names", "parts", "tree_id")
+
+    def __init__(self, parts: list[Part], names: set[bytes]) -> None:
         self.parts = parts
         self.names = names
-        self.count = count
         self.tree_id: bytes | None = None  # the index these parts make
 
 
