@@ -151,10 +151,10 @@ class DirNode:
         bytes; the others with their bytes, to be stored and then passed to remember_parts.
 
         With the parts of the last encoding cached, only the parts around changed entries are
-        packed again: a 43k-entry directory costs ~10 ms after a one-file change instead of
-        ~100 ms. Cut decisions depend only on the names since the last cut, so after a changed
-        part the cutter re-synchronises at the first old boundary it meets, and from there the
-        old parts are the parts a full encoding would make.
+        packed again: a 43k-entry directory costs ~20 ms after a one-file change instead of
+        ~60 ms for a full encoding. Cut decisions depend only on the names since the last cut,
+        so after a changed part the cutter re-synchronises at the first old boundary it meets,
+        and from there the old parts are the parts a full encoding would make.
         """
         entries = self.entries
         cache = self.split
@@ -234,7 +234,7 @@ class DirNode:
                     for j, d in enumerate(nodes)
                     if d.__class__ is DirNode
                 ]
-                part = Part(list(names), nodes, dirs, None, None)
+                part = Part(names, nodes, dirs, None, None)
             else:
                 part = shared
             part.oid = pid
@@ -308,7 +308,7 @@ def _totals(nodes) -> tuple[int, int]:
 
 
 def _pack(names: list[bytes], entries: dict) -> Part:
-    """A part holding these (sorted) names' entries."""
+    """A part holding these (sorted) names' entries; it keeps the list it is given."""
     out = [TREE_MAGIC]
     add = out.append
     pack = TREE_ENTRY.pack
@@ -329,7 +329,7 @@ def _pack(names: list[bytes], entries: dict) -> Part:
                 kids.append(ref)
         add(name)
         add(ref)
-    return Part(list(names), nodes, dirs, b"".join(out), kids)
+    return Part(names, nodes, dirs, b"".join(out), kids)
 
 
 def _cut(
@@ -345,7 +345,7 @@ def _cut(
         run.append(name)
         k = len(run)
         if k >= pmax or (k >= pmin and crc32(name) & mask == 0):
-            out.append(_pack(run, entries))
+            out.append(_pack(run.copy(), entries))  # `run` is the caller's, kept open
             run.clear()
     if final and run:
         out.append(_pack(run, entries))

@@ -23,9 +23,8 @@ from .format import (
     KIND_CHUNKLIST,
     KIND_TREE,
     decode_chunklist,
-    decode_tree,
-    decode_tree_index,
     is_tree_index,
+    tree_refs,
 )
 from .packs import pack_filename
 
@@ -147,13 +146,9 @@ def _damaged(store, tree_id: bytes, lost: set[bytes], memo: dict[bytes, bool]) -
     else:
         try:
             raw = store.read(tree_id, KIND_TREE)
-            if is_tree_index(raw):  # a wide directory: its parts, then their entries
-                parts = [pid for _, pid in decode_tree_index(raw)]
-                if any(pid in lost for pid in parts):
-                    raise DataLoss("a part of the tree is lost")
-                entries = [e for pid in parts for e in decode_tree(store.read(pid, KIND_TREE))]
-            else:
-                entries = decode_tree(raw)
+            if is_tree_index(raw) and any(pid in lost for pid in tree_refs(raw)):
+                raise DataLoss("a part of the wide directory's tree is lost")
+            entries = store.read_tree(tree_id)  # a wide directory's: its parts' entries
         except (DataLoss, ValueError):
             entries, bad = [], True
         for e in entries:
