@@ -40,6 +40,7 @@ from snapd.errors import SnapdError
 from snapd.ignore import INTERNAL_PREFIX
 from snapd.store import gc
 from snapd.store.format import (
+    CODEC_ZSTD_DELTA,
     KIND_CHUNKLIST,
     KIND_TREE,
     decode_chunklist,
@@ -152,16 +153,30 @@ def refcount_errors(store: Store, limit: int = 20) -> list[str]:
     for (head,) in store.query("SELECT head_tree FROM workspaces WHERE head_tree IS NOT NULL"):
         want[head] += 1
     have: dict[bytes, int] = {}
-    for oid, kind, base, refs in store.query("SELECT id, kind, base, refs FROM objects"):
+
+    def named(oid: bytes, kind: int) -> list[bytes]:
+        if kind == KIND_TREE:
+            return tree_refs(store.read(oid, KIND_TREE))
+        if kind == KIND_CHUNKLIST:
+            return [cid for cid, _ in decode_chunklist(store.read(oid, KIND_CHUNKLIST))]
+        return []
+
+    rows = store.query("SELECT id, kind, codec, base, refs FROM objects")
+    for oid, kind, codec, base, refs in rows:
         have[oid] = refs
         if base is not None:
             want[base] += 1
-        if kind == KIND_TREE:
-            children = tree_refs(store.read(oid, KIND_TREE))
-        elif kind == KIND_CHUNKLIST:
-            children = [cid for cid, _ in decode_chunklist(store.read(oid, KIND_CHUNKLIST))]
-        else:
-            children = []
+        children = named(oid, kind)
+        if codec == CODEC_ZSTD_DELTA and base is not None and children:
+            # A delta's children that its base names too are held through the base.
+            held = Counter(named(base, kind))
+            kept = []
+            for c in children:
+                if held[c] > 0:
+                    held[c] -= 1
+                else:
+                    kept.append(c)
+            children = kept
         if oid in pending:
             children = children[: pending[oid]]
         want.update(children)

@@ -65,11 +65,13 @@ def test_gc_keeps_objects_that_only_a_pending_tree_refers_to(ws, store, monkeypa
     snapshot reuses the files through a pending tree, then GC runs. Without settling first, GC
     would delete the old tree, drop the files to zero and delete them under the new snapshot.
     The pre-pass that settles outside the lock is disabled, so the batch's own settling is what
-    is tested (a snapshot can commit between the two)."""
+    is tested (a snapshot can commit between the two). The directory is renamed so that its
+    new tree has no delta base (a delta would keep the old tree alive as its base)."""
     _fill_wide(ws.path)
     first = ws.snapshot()
     store.settle_refs()
-    treeutil.write(ws.path, "wide/f000.txt", "changed\n")
+    os.rename(os.path.join(ws.path, "wide"), os.path.join(ws.path, "moved"))
+    treeutil.write(ws.path, "moved/f000.txt", "changed\n")
     second = ws.snapshot()
     expected = treeutil.capture(ws.path)
     assert _pending(store), "the second snapshot's wide tree should be pending"

@@ -195,7 +195,23 @@ def tree_refs(data: bytes) -> list[bytes]:
     """The ids a TREE object refers to: its parts (an index) or its entries' objects."""
     if is_tree_index(data):
         return [pid for _, pid in decode_tree_index(data)]
-    return list(tree_children(decode_tree(data)))
+    if data[:4] != TREE_MAGIC:
+        raise ValueError("not a tree object")
+    # decode_tree without building the entries (about 3x cheaper: commits and GC call this).
+    out = []
+    pos = 4
+    end = len(data)
+    unpack = TREE_ENTRY.unpack_from
+    size = TREE_ENTRY.size
+    while pos < end:
+        kind, nlen, _mode, _mtime, _size, rlen = unpack(data, pos)
+        pos += size + nlen
+        if kind != ENTRY_SYMLINK:
+            out.append(data[pos : pos + rlen])
+        pos += rlen
+        if pos > end or kind not in ENTRY_KIND_NAMES:
+            raise ValueError("corrupt tree object")
+    return out
 
 
 # --- chunk lists ------------------------------------------------------------------------------

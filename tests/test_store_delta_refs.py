@@ -1,0 +1,130 @@
+"""References of delta-compressed trees: a new version of a directory counts only the children
+its delta base does not name (store.delta_edges), and holds its base.
+
+What must hold: the documented invariant (crashloop_child.refcount_errors checks it
+independently of the store's code) after snapshots, evictions, GC and restores; a one-file
+change takes a handful of references instead of one per entry; GC frees a base only with its
+last delta; and a store counted under the old rule (every child) is recounted once on open.
+"""
+
+from __future__ import annotations
+
+import crashloop_child
+import treeutil
+
+from snapd.store import gc
+from snapd.store.format import CODEC_ZSTD_DELTA, KIND_TREE
+from snapd.store.store import Store, delta_edges
+from snapd.store.verify import recount_refs, verify
+
+ENTRIES = 60
+
+
+def _fill(root: str, tag: str = "v1") -> None:
+    for i in range(ENTRIES):
+        treeutil.write(root, f"dir/f{i:03}.txt", f"{tag} file {i}\n" * 10)
+
+
+def _refs(store: Store, oid: bytes) -> int:
+    return store.query("SELECT refs FROM objects WHERE id=?", (oid,))[0][0]
+
+
+def _entry_id(store: Store, tree: bytes, name: bytes) -> bytes:
+    return next(e.ref for e in store.read_tree(tree) if e.name == name)
+
+
+def test_delta_edges_is_an_ordered_multiset_difference():
+    a, b, c = b"a" * 16, b"b" * 16, b"c" * 16
+    assert delta_edges([a, b, c], []) == [a, b, c]
+    assert delta_edges([a, b, a, c], [a, c]) == [b, a]
+    assert delta_edges([a, a], [a, a, a]) == []
+    assert delta_edges([c, b], [a]) == [c, b]
+
+
+def test_a_one_file_change_counts_only_the_new_file(ws, store):
+    _fill(ws.path)
+    first = ws.snapshot()
+    treeutil.write(ws.path, "dir/f007.txt", "changed\n")
+    second = ws.snapshot()
+    old_dir = _entry_id(store, first.root_tree, b"dir")
+    new_dir = _entry_id(store, second.root_tree, b"dir")
+    info = store.object_info(new_dir)
+    assert info.codec == CODEC_ZSTD_DELTA and info.base == old_dir
+    # The new tree holds its base and the changed file, nothing else.
+    assert store.children(new_dir, KIND_TREE) == [_entry_id(store, new_dir, b"f007.txt")]
+    store.settle_refs()  # the first tree (60 children) counted them after its commit
+    kept = store.read_tree(new_dir)
+    unchanged = next(e.ref for e in kept if e.name == b"f001.txt")
+    assert _refs(store, unchanged) == 1  # through the old tree only
+    assert _refs(store, old_dir) == 2  # the first root tree and its delta
+    assert crashloop_child.refcount_errors(store) == []
+    assert recount_refs(store)["objects_fixed"] == 0
+
+
+def test_gc_keeps_a_base_while_a_delta_needs_it(ws, store):
+    _fill(ws.path, "v1")
+    first = ws.snapshot()
+    treeutil.write(ws.path, "dir/f003.txt", "changed\n")
+    second = ws.snapshot()
+    expected = treeutil.capture(ws.path)
+    ws.delete_snapshot(first.id, force=True)
+    gc.collect(store, max_unused=0.0)
+    assert crashloop_child.refcount_errors(store) == []
+    assert verify(store, snapshot_ids=[second.id]).ok
+    treeutil.write(ws.path, "dir/f004.txt", "scribble\n")
+    ws.restore(second.id)
+    treeutil.assert_same(treeutil.capture(ws.path), expected, "restored after GC")
+    # Once no delta needs them, the old tree and the old file go.
+    _fill(ws.path, "v2")
+    ws.snapshot()
+    for rec in ws.snapshots():
+        ws.delete_snapshot(rec.id, force=True)
+    ws.snapshot()
+    gc.collect(store, max_unused=0.0)
+    assert crashloop_child.refcount_errors(store) == []
+    assert recount_refs(store)["objects_fixed"] == 0
+    live = {e.name for e in store.read_tree(ws.snapshots()[0].root_tree)}
+    assert b"dir" in live
+    assert verify(store).ok
+
+
+def test_many_versions_of_a_directory_keep_exact_counts(ws, store):
+    _fill(ws.path)
+    snaps = [ws.snapshot()]
+    for i in range(12):
+        treeutil.write(ws.path, f"dir/f{i * 5:03}.txt", f"edit {i}\n")
+        treeutil.write(ws.path, f"dir/new{i}.txt", f"added {i}\n")
+        snaps.append(ws.snapshot())
+        assert crashloop_child.refcount_errors(store) == []
+    for rec in snaps[1:-1:2]:
+        ws.delete_snapshot(rec.id, force=True)
+    gc.collect(store, max_unused=0.0)
+    assert crashloop_child.refcount_errors(store) == []
+    assert recount_refs(store)["objects_fixed"] == 0
+    assert verify(store).ok
+
+
+def test_a_store_counted_under_the_old_rule_is_recounted_on_open(tmp_path):
+    root = str(tmp_path / "store")
+    ws_dir = tmp_path / "ws"
+    ws_dir.mkdir()
+    store = Store.open(root)
+    from snapd.workspace import Workspace, WorkspaceSettings
+
+    ws = Workspace.open(store, str(ws_dir), WorkspaceSettings(watch=False))
+    _fill(str(ws_dir))
+    ws.snapshot()
+    treeutil.write(str(ws_dir), "dir/f001.txt", "changed\n")
+    ws.snapshot()
+    ws.close()
+    # As an older snapd left it: no refs_rule mark, and every child counted by every tree.
+    with store.transaction() as conn:
+        conn.execute("DELETE FROM meta WHERE key='refs_rule'")
+        conn.execute("UPDATE objects SET refs = refs + 1 WHERE kind != ?", (KIND_TREE,))
+    store.close()
+    store = Store.open(root)
+    try:
+        assert crashloop_child.refcount_errors(store) == []
+        assert store.query("SELECT value FROM meta WHERE key='refs_rule'") == [("2",)]
+    finally:
+        store.close()
