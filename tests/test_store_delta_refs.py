@@ -128,3 +128,25 @@ def test_a_store_counted_under_the_old_rule_is_recounted_on_open(tmp_path):
         assert store.query("SELECT value FROM meta WHERE key='refs_rule'") == [("2",)]
     finally:
         store.close()
+
+
+def test_delta_contexts_are_reused_per_base_and_decode_exactly():
+    """compress_delta keeps a context per base id: the same base gives the same frames as a
+    fresh context, a large base is not cached, and every frame decodes with its base."""
+    from snapd.store import codec
+
+    base = b"".join(b"entry %05d " % i + bytes([i % 251]) * 40 for i in range(200))
+    versions = [base.replace(b"entry 00%03d" % i, b"ENTRY 00%03d" % i) for i in range(5)]
+    bid = b"\x01" * 16
+    fresh = [codec.compress_delta(v, base) for v in versions]
+    cached = [codec.compress_delta(v, base, base_id=bid) for v in versions]
+    assert (bid, codec.DEFAULT_LEVEL) in codec._delta_cctx
+    for v, a, b in zip(versions, fresh, cached, strict=True):
+        assert len(b) < len(v) // 8
+        for frame in (a, b):
+            assert codec.decompress(codec.CODEC_ZSTD_DELTA, frame, len(v), base, bid) == v
+    big = base * 200  # above DELTA_CONTEXT_MAX_BASE
+    big_id = b"\x02" * 16
+    z = codec.compress_delta(big + b"tail", big, base_id=big_id)
+    assert (big_id, codec.DEFAULT_LEVEL) not in codec._delta_cctx
+    assert codec.decompress(codec.CODEC_ZSTD_DELTA, z, len(big) + 4, big, big_id) == big + b"tail"

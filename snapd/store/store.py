@@ -1160,7 +1160,7 @@ class ObjectWriter:
             base_raw = self._delta_base(kind, base)
             if base_raw is not None:
                 base_id, base_data = base_raw
-                delta = codecs.compress_delta(raw, base_data)
+                delta = codecs.compress_delta(raw, base_data, base_id=base_id)
                 if len(delta) * GOOD_DELTA_RATIO <= len(raw):
                     return CODEC_ZSTD_DELTA, delta, base_id, base_data
                 codec, payload, dict_id = self._plain(kind, raw)
