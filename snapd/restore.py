@@ -185,6 +185,19 @@ class Planner:
                 if op is not None:
                     ops.append(op)
                 continue
+            if (
+                t is not None
+                and c is not None
+                and c.mtime_ns == t.mtime_ns
+                and c.mode == t.mode
+                and (c.tree_id if c.__class__ is DirNode else c.ref) == t.ref
+                and (c.__class__ is DirNode) == (t.kind == ENTRY_DIR)
+                and (c.__class__ is DirNode or c.kind == t.kind)
+            ):
+                # Unchanged (most entries of a directory a step touched). It is in the index,
+                # so the current rules do not exclude it (the scan before a restore drops
+                # what they exclude): skip it before the exclude and comparison work.
+                continue
             if t is not None and self.cur_excludes.excluded(path, t.kind == ENTRY_DIR):
                 exact = False  # the workspace's rules exclude it now: leave the path alone
                 continue

@@ -150,3 +150,41 @@ def test_delta_contexts_are_reused_per_base_and_decode_exactly():
     z = codec.compress_delta(big + b"tail", big, base_id=big_id)
     assert (big_id, codec.DEFAULT_LEVEL) not in codec._delta_cctx
     assert codec.decompress(codec.CODEC_ZSTD_DELTA, z, len(big) + 4, big, big_id) == big + b"tail"
+
+
+def test_objects_another_writer_stored_first_count_their_references_once(store, tmp_path):
+    """New objects are inserted with the references the other new objects give them. When
+    another writer stored the same objects first, this writer's copies are dead bytes and
+    their references must not count a second time."""
+    from snapd.store.format import ENTRY_DIR, ENTRY_FILE, KIND_DATA, TreeEntry, encode_tree
+
+    def put_tree(w, tag: bytes) -> bytes:
+        files = [w.put(KIND_DATA, tag + b" file %d\n" % i * 50) for i in range(3)]
+        shared = w.put(KIND_DATA, b"the same in both trees\n" * 50)
+        sub = w.put(
+            KIND_TREE,
+            encode_tree(
+                [TreeEntry(b"f%d" % i, ENTRY_FILE, 0o644, 1, 1, f) for i, f in enumerate(files)]
+                + [TreeEntry(b"s", ENTRY_FILE, 0o644, 1, 1, shared)]
+            ),
+            children=[*files, shared],
+        )
+        return w.put(
+            KIND_TREE,
+            encode_tree([TreeEntry(b"sub", ENTRY_DIR, 0o755, 1, 0, sub)]),
+            children=[sub],
+        )
+
+    ws_a = store.ensure_workspace(str(tmp_path / "a"), {}).id
+    ws_b = store.ensure_workspace(str(tmp_path / "b"), {}).id
+    with store.writer() as w1, store.writer() as w2:
+        root1 = put_tree(w1, b"same")
+        root2 = put_tree(w2, b"same")  # the same objects, decided before either commits
+        root3 = put_tree(w2, b"other")  # and new ones that share a file with them
+        w1.commit(workspace_id=ws_a, head=root1)
+        w2.commit(workspace_id=ws_b, head=root3)
+    assert root1 == root2
+    assert crashloop_child.refcount_errors(store) == []
+    assert recount_refs(store)["objects_fixed"] == 0
+    gc.collect(store, max_unused=0.0)  # root2's copies are garbage-free: nothing is lost
+    assert verify(store).ok

@@ -923,6 +923,23 @@ class Store:
             if r.repair and self._repoint(conn, r, pack_id, offset, length, live):
                 continue
             fresh.append((r, pack_id, offset, length))
+        first: dict[bytes, tuple[_Pending, int, int, int]] = {}
+        for item in fresh:  # an object twice in one batch: its first copy is the one stored
+            first.setdefault(item[0].oid, item)
+        fresh = list(first.values())
+
+        def held(r: _Pending) -> list[bytes]:
+            """The references r takes in this transaction (a deferred r: its base only)."""
+            refs = r.edges if len(r.edges) < DEFER_REFS_MIN_CHILDREN else []
+            return refs if r.base is None else [*refs, r.base]
+
+        # References the new objects take on each other go into the rows they insert: a new
+        # object then does not enter the index of unreferenced objects only to leave it in the
+        # same transaction, and only references to older objects are UPDATEs.
+        planned: dict[bytes, int] = {}
+        for r, _pack_id, _offset, _length in fresh:
+            for x in held(r):
+                planned[x] = planned.get(x, 0) + 1
         # Many rows per statement; RETURNING tells which ones were really inserted (another
         # writer may have stored the same object first: then ours is dead bytes in the pack).
         inserted: set[bytes] = set()
@@ -931,31 +948,46 @@ class Store:
             sql = (
                 "INSERT INTO objects(id, kind, codec, pack, offset, length, raw_size, base, refs) "
                 "VALUES "
-                + ",".join(["(?,?,?,?,?,?,?,?,0)"] * len(batch))
+                + ",".join(["(?,?,?,?,?,?,?,?,?)"] * len(batch))
                 + " ON CONFLICT(id) DO NOTHING RETURNING id"
             )
             args: list = []
             for r, pack_id, offset, length in batch:
-                args += (r.oid, r.kind, r.codec, pack_id, offset, length, len(r.raw), r.base)
+                args += (
+                    r.oid,
+                    r.kind,
+                    r.codec,
+                    pack_id,
+                    offset,
+                    length,
+                    len(r.raw),
+                    r.base,
+                    planned.get(r.oid, 0),
+                )
             inserted.update(row[0] for row in conn.execute(sql, args).fetchall())
-        children_refs: list[bytes] = []  # references the new objects take, in one statement
+        counted = {x: n for x, n in planned.items() if x in inserted}  # in the new rows
         deferred: list[tuple[bytes]] = []
         ids = self._ids
         for r, pack_id, _offset, length in fresh:
             if r.oid not in inserted:
+                for x in held(r):  # the existing row counted its references long ago
+                    planned[x] -= 1
                 continue
-            inserted.discard(r.oid)  # a duplicate in the batch counts once
             if ids is not None:
                 ids.add(r.oid)
             live[pack_id] = live.get(pack_id, 0) + length
             if len(r.edges) >= DEFER_REFS_MIN_CHILDREN:
                 deferred.append((r.oid,))
-            else:
-                children_refs += r.edges
-            if r.base is not None:
-                children_refs.append(r.base)
-        if children_refs:
-            _incref(conn, children_refs)
+        updates = [
+            (n - counted.get(x, 0), x) for x, n in sorted(planned.items()) if n != counted.get(x, 0)
+        ]
+        if updates:
+            cur = conn.executemany("UPDATE objects SET refs = refs + ? WHERE id = ?", updates)
+            if cur.rowcount != len(updates):
+                raise Aborted(
+                    "objects vanished while being referenced (concurrent garbage collection "
+                    "or damage); retry the operation"
+                )
         if deferred:
             conn.executemany("INSERT OR IGNORE INTO pending_refs(id) VALUES (?)", deferred)
             self._deferred_refs = True
