@@ -135,16 +135,25 @@ def join(parent: bytes, name: bytes) -> bytes:
 
 
 def read_all(fd: int, size_hint: int) -> bytes:
-    """Read a file from offset 0 to EOF."""
+    """Read a regular file from offset 0 to EOF.
+
+    A short read that reached the hinted size (the size fstat gave) ends the read: a file of
+    that size takes one call, not a second one that returns nothing (~5 us a call on a VM,
+    for every file a first snapshot reads). Callers compare stat data before and after, which
+    catches a file that grows after it. A short read before the hinted size (a file system
+    that returns less, or a file that shrank) reads on until a read returns nothing.
+    """
     chunks = []
     pos = 0
     want = max(size_hint, 0) + 1  # one extra byte reveals growth without another call
     while True:
-        b = os.pread(fd, max(want, 65536), pos)
-        if not b:
+        ask = max(want, 65536)
+        b = os.pread(fd, ask, pos)
+        if b:
+            chunks.append(b)
+            pos += len(b)
+        if not b or (len(b) < ask and pos >= size_hint):
             break
-        chunks.append(b)
-        pos += len(b)
         want = 65536
     return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
