@@ -1304,8 +1304,8 @@ def delta_edges(kids: list[bytes], base_kids: list[bytes]) -> list[bytes]:
     The object holds a reference on its base, and the base (a full object) holds one on each
     id it names, so the ids both name are kept alive through the base. Counting only the
     difference (a multiset difference, in the object's order) makes a new version of a
-    directory that changed one entry take ~2 references instead of one per entry: ~10x fewer
-    B-tree pages written per snapshot (docs/store-format.md).
+    directory that changed one entry take ~2 references instead of one per entry, so a
+    snapshot's commit updates far fewer B-tree pages (docs/store-format.md).
     """
     if not base_kids:
         return kids
