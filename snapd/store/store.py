@@ -1027,13 +1027,17 @@ class Store:
         """The children a stored copy of r (with that base and codec) holds references on;
         None when that cannot be known (its base is unreadable: releasing nothing leaks, and
         'snapd verify --repair' recounts)."""
-        kids = object_refs(r.kind, r.raw)
-        if codec != CODEC_ZSTD_DELTA or base is None or not kids:
-            return kids
         try:
-            return delta_edges(kids, object_refs(r.kind, self.read(base, r.kind)))
+            return self._held(r.kind, r.raw, codec, base)
         except (DataLoss, ValueError):
             return None
+
+    def _held(self, kind: int, raw: bytes, codec: int, base: bytes | None) -> list[bytes]:
+        """The children an object with this content, codec and base holds references on."""
+        kids = object_refs(kind, raw)
+        if codec == CODEC_ZSTD_DELTA and base is not None and kids:
+            kids = delta_edges(kids, object_refs(kind, self.read(base, kind)))
+        return kids
 
     def _flush(self, writer: ObjectWriter) -> None:
         records = writer._take_pending()
@@ -1058,11 +1062,7 @@ class Store:
                 f"object {oid.hex()} is a {KIND_NAMES.get(info.kind)}, expected "
                 f"{KIND_NAMES.get(kind)}"
             )
-        kids = object_refs(kind, self._read_info(info))
-        if info.codec == CODEC_ZSTD_DELTA and info.base is not None:
-            # _read_info has checked the base (a full object of the same kind) already.
-            kids = delta_edges(kids, object_refs(kind, self.read(info.base, kind)))
-        return kids
+        return self._held(kind, self._read_info(info), info.codec, info.base)
 
     def settle_refs(self, *, max_seconds: float | None = None) -> dict:
         """Count the references of the objects queued in pending_refs, in short transactions.
