@@ -46,6 +46,7 @@ from test_daemon_watcher_support import (
 )
 from treeutil import Capture, assert_same, capture
 
+from snapd.ignore import INTERNAL_PREFIX
 from snapd.scanner import CHUNK_THRESHOLD, HOT_NS
 
 EXAMPLES = int(os.environ.get("SNAPD_DAEMON_WATCH_EXAMPLES", "40"))
@@ -96,12 +97,18 @@ def _join(parent: bytes, name: bytes) -> bytes:
 
 
 def listing(top: bytes) -> dict[bytes, str]:
-    """rel path -> 'dir' | 'file' | 'symlink' below top."""
+    """rel path -> 'dir' | 'file' | 'symlink' below top.
+
+    The daemon's own transient files (a sync cookie of the background walk that follows an
+    open, for instance) are left out: what an example draws must not depend on timing, or
+    hypothesis cannot replay it.
+    """
     out: dict[bytes, str] = {}
     for dirpath, dirnames, filenames in os.walk(top):
         rel = os.path.relpath(dirpath, top)
         rel = b"" if rel == b"." else rel
-        for n in dirnames + filenames:
+        dirnames[:] = [n for n in dirnames if not n.startswith(INTERNAL_PREFIX)]
+        for n in dirnames + [n for n in filenames if not n.startswith(INTERNAL_PREFIX)]:
             p = _join(rel, n)
             full = os.path.join(dirpath, n)
             if os.path.islink(full):

@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from treeutil import Capture, assert_same, capture, describe_diff, subset, without
 
+from snapd.ignore import INTERNAL_PREFIX
 from snapd.scanner import CHUNK_THRESHOLD, HOT_NS
 from snapd.store.store import Store
 from snapd.store.verify import recount_refs, verify
@@ -81,12 +82,14 @@ def _join(parent: bytes, name: bytes) -> bytes:
 
 
 def _listing(world: World) -> dict[bytes, str]:
-    """path -> 'dir' | 'file' | 'symlink' for everything below the root."""
+    """path -> 'dir' | 'file' | 'symlink' for everything below the root, but the engine's own
+    transient files (a watcher's sync cookie, say): draws must not depend on timing."""
     out: dict[bytes, str] = {}
     for dirpath, dirnames, filenames in os.walk(world.root):
         rel_dir = os.path.relpath(dirpath, world.root)
         rel_dir = b"" if rel_dir == b"." else rel_dir
-        for n in dirnames + filenames:
+        dirnames[:] = [n for n in dirnames if not n.startswith(INTERNAL_PREFIX)]
+        for n in dirnames + [n for n in filenames if not n.startswith(INTERNAL_PREFIX)]:
             p = _join(rel_dir, n)
             full = world.abs(p)
             if os.path.islink(full):
