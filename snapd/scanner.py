@@ -631,6 +631,12 @@ class Scanner:
         cands = self._reuse_moved(cands)
         if len(cands) >= DICT_TRAIN_MIN:
             self._maybe_train_dictionary(cands)
+        prefetch = getattr(self.sink, "prefetch_bases", None)
+        if prefetch is not None:
+            # Earlier versions are delta bases: their catalog rows in one query.
+            prefetch(
+                [c[3].ref for c in cands if c[3].__class__ is FileNode and c[3].kind == ENTRY_FILE]
+            )
         # One thread: reading warm files, hashing and zstd are fast enough that handing work
         # to a thread pool cost more in GIL hand-offs than it saved (measured on 2 cores:
         # first snapshot of Django 5.0 1.6-1.8 s serial, 2.0-2.4 s with 1-3 workers).
@@ -846,11 +852,22 @@ def encode_dirty(root: DirNode, sink, upserts: list[tuple[bytes, Node]] | None =
 
     Each re-encoded directory is appended to `upserts` (its persisted record changes).
     """
+    if root.tree_id is not None:
+        return root.tree_id
+    stale: list[tuple[DirNode, bytes]] = []  # children before their parents
 
-    def visit(node: DirNode, path: bytes) -> bytes:
+    def collect(node: DirNode, path: bytes) -> None:
         for name, child in node.entries.items():
             if child.__class__ is DirNode and child.tree_id is None:
-                visit(child, join(path, name))
+                collect(child, join(path, name))
+        stale.append((node, path))
+
+    collect(root, b"")
+    prefetch = getattr(sink, "prefetch_bases", None)
+    if prefetch is not None:
+        # The delta bases' catalog rows in one query rather than one per directory.
+        prefetch([n.base_tree for n, _ in stale if n.base_tree is not None])
+    for node, path in stale:
         if len(node.entries) > fmt.SPLIT_MIN_ENTRIES:
             # A wide directory: only the parts that changed are packed and stored again.
             parts = node.encode_parts()
@@ -870,8 +887,5 @@ def encode_dirty(root: DirNode, sink, upserts: list[tuple[bytes, Node]] | None =
         node.base_tree = node.tree_id
         if upserts is not None:
             upserts.append((path, node))
-        return node.tree_id
-
-    if root.tree_id is not None:
-        return root.tree_id
-    return visit(root, b"")
+    assert root.tree_id is not None
+    return root.tree_id
