@@ -188,3 +188,28 @@ def test_objects_another_writer_stored_first_count_their_references_once(store, 
     assert recount_refs(store)["objects_fixed"] == 0
     gc.collect(store, max_unused=0.0)  # root2's copies are garbage-free: nothing is lost
     assert verify(store).ok
+
+
+def test_catalog_rows_of_many_objects_in_one_lookup(ws, store):
+    """object_infos answers as object_info does, leaves absent ids out, and spans batches;
+    a writer's prefetched bases give the same deltas as lookups one by one."""
+    _fill(ws.path)
+    first = ws.snapshot()
+    ids = [e.ref for e in store.read_tree(_entry_id(store, first.root_tree, b"dir"))]
+    absent = [bytes([i]) * 16 for i in range(3)]
+    many = (ids + absent) * 9  # 567 ids with repeats: two batches
+    infos = store.object_infos(many)
+    assert set(infos) == set(ids)
+    for oid in ids:
+        assert infos[oid] == store.object_info(oid)
+
+    treeutil.write(ws.path, "dir/f011.txt", "changed once more\n")
+    second = ws.snapshot()
+    new_dir = _entry_id(store, second.root_tree, b"dir")
+    old_dir = _entry_id(store, first.root_tree, b"dir")
+    info = store.object_info(new_dir)
+    assert info.codec == CODEC_ZSTD_DELTA and info.base == old_dir
+    with store.writer() as w:
+        w.prefetch_bases([old_dir, *absent])
+        assert w._delta_base(KIND_TREE, old_dir) == (old_dir, store.read(old_dir))
+        assert w._delta_base(KIND_TREE, absent[0]) is None
