@@ -41,7 +41,8 @@ def test_background_checkpoints_keep_the_wal_short(tmp_path, monkeypatch) -> Non
         # pass of our own makes sure), the next writer starts the log over and truncates the
         # file to the limit.
         for _ in range(1000):  # bounded by count: until a pass of ours is not busy
-            busy, frames, copied = catalog.checkpoint(store._conn(), "PASSIVE")
+            with store.connection() as conn:
+                busy, frames, copied = catalog.checkpoint(conn, "PASSIVE")
             if not busy and frames == copied:
                 break
             time.sleep(0.01)

@@ -328,17 +328,17 @@ def _vacuum(store: Store, *, changed: bool, truncate_wal: bool) -> None:
     """Give freed catalog pages back, and (truncate_wal) empty the WAL when it holds more than
     a little. Truncating waits for writers and readers, so the background collector, which
     runs after every eviction, leaves the WAL to the store's background checkpoints."""
-    conn = store._conn()
-    if changed:
-        conn.execute("PRAGMA incremental_vacuum")
-    if not truncate_wal:
-        return
-    try:
-        wal = os.path.getsize(store._db_path + "-wal")
-    except OSError:
-        wal = 0
-    if changed or wal > 256 * 1024:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with store.connection() as conn:
+        if changed:
+            conn.execute("PRAGMA incremental_vacuum")
+        if not truncate_wal:
+            return
+        try:
+            wal = os.path.getsize(store._db_path + "-wal")
+        except OSError:
+            wal = 0
+        if changed or wal > 256 * 1024:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _pack_bytes(store: Store) -> int:

@@ -84,6 +84,9 @@ GATE_FILE = "gate"
 # Flush pending objects to a pack once this much raw content is buffered.
 FLUSH_RAW_BYTES = 16 * 1024 * 1024
 FLUSH_OBJECTS = 4096
+# Catalog connections kept open between uses (more are opened while more threads need one
+# at the same instant, and closed when they come back): each may hold 16 MiB of page cache.
+IDLE_CONNECTIONS = 8
 INSERT_ROWS = 100  # rows per INSERT statement (8 values each, SQLite allows 32766)
 # Data objects up to this size are compressed with the store's trained dictionary.
 DICT_MAX_SIZE = 16 * 1024
@@ -174,8 +177,13 @@ class Store:
         self.keys = keys
         self.packs_dir = os.path.join(root, PACKS_DIR)
         self._db_path = os.path.join(root, CATALOG_FILE)
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        # Catalog connections: a pool shared by all threads rather than one per thread. A
+        # per-thread connection outlived its thread (every background walk after an open
+        # left one behind, with up to 16 MiB of page cache) and the daemon's RSS grew with
+        # the number of threads that ever touched the store.
+        self._local = threading.local()  # .txn: the connection of this thread's transaction
+        self._conns: list[sqlite3.Connection] = []  # every open one, for close()
+        self._idle: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._checkpointer = WalCheckpointer(self._db_path)
         self._write_lock = threading.Lock()
@@ -230,8 +238,8 @@ class Store:
         return store
 
     def _check_format(self) -> None:
-        row = self._conn().execute("SELECT value FROM meta WHERE key='format_version'").fetchone()
-        version = int(row[0]) if row else 0
+        rows = self.query("SELECT value FROM meta WHERE key='format_version'")
+        version = int(rows[0][0]) if rows else 0
         if version != FORMAT_VERSION:
             raise FailedPrecondition(
                 f"the store at {self.root} has format version {version}; this snapd reads "
@@ -241,8 +249,8 @@ class Store:
     def _migrate_refs(self) -> None:
         """Recount the references of a store written before the current counting rule
         (REFS_RULE), once, under the exclusive lock; a crash before the mark repeats it."""
-        row = self._conn().execute("SELECT value FROM meta WHERE key='refs_rule'").fetchone()
-        if row is not None and row[0] == REFS_RULE:
+        rows = self.query("SELECT value FROM meta WHERE key='refs_rule'")
+        if rows and rows[0][0] == REFS_RULE:
             return
         from .verify import recount_refs  # circular at import time
 
@@ -266,6 +274,7 @@ class Store:
                 with contextlib.suppress(sqlite3.Error):
                     c.close()
             self._conns.clear()
+            self._idle.clear()
 
     def __enter__(self) -> Store:
         return self
@@ -274,34 +283,61 @@ class Store:
         self.close()
 
     # --- SQLite -------------------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+    def _checkout(self) -> sqlite3.Connection:
+        with self._conns_lock:
             if self.closed:
                 raise FailedPrecondition("the store is closed")
-            conn = connect(self._db_path)
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
+            if self._idle:
+                return self._idle.pop()
+        conn = connect(self._db_path)
+        with self._conns_lock:
+            self._conns.append(conn)
         return conn
+
+    def _checkin(self, conn: sqlite3.Connection) -> None:
+        with self._conns_lock:
+            reusable = not self.closed and not conn.in_transaction
+            if reusable and len(self._idle) < IDLE_CONNECTIONS:
+                self._idle.append(conn)
+                return
+            if conn in self._conns:
+                self._conns.remove(conn)
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """A catalog connection for a few statements outside a transaction (inside one: that
+        transaction's connection, which sees its uncommitted changes)."""
+        txn = getattr(self._local, "txn", None)
+        if txn is not None:
+            yield txn
+            return
+        conn = self._checkout()
+        try:
+            yield conn
+        finally:
+            self._checkin(conn)
 
     @contextlib.contextmanager
     def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """A write transaction. durable=True commits with synchronous=FULL (fsync of the WAL)."""
-        conn = self._conn()
-        if conn.in_transaction:
+        if getattr(self._local, "txn", None) is not None:
             raise RuntimeError("nested store transaction")
         # Writers of this process queue on a lock rather than in SQLite's busy handler, which
         # sleeps with backoff (up to 100 ms a try) and is unfair: with 20 workspaces
         # committing at once some snapshots waited seconds. Always the innermost lock taken.
         self._write_lock.acquire()
+        conn = None
         try:
+            conn = self._checkout()
             if durable:
                 conn.execute("PRAGMA synchronous = FULL")  # cannot change inside a transaction
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as e:
                 raise _sqlite_error(e) from e
+            self._local.txn = conn
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -312,18 +348,24 @@ class Store:
                 if isinstance(e, sqlite3.Error):
                     raise _sqlite_error(e) from e
                 raise
+            finally:
+                self._local.txn = None
             try:
                 self._checkpointer.after_commit(conn)
             except sqlite3.Error as e:  # committed all the same; a later commit retries
                 log.warning("WAL checkpoint failed: %s", e)
         finally:
             self._write_lock.release()
-            if durable:
-                conn.execute("PRAGMA synchronous = NORMAL")
+            if conn is not None:
+                if durable:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("PRAGMA synchronous = NORMAL")
+                self._checkin(conn)
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
         try:
-            return self._conn().execute(sql, args).fetchall()
+            with self.connection() as conn:
+                return conn.execute(sql, args).fetchall()
         except sqlite3.Error as e:
             raise _sqlite_error(e) from e
 
