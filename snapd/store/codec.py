@@ -5,8 +5,8 @@ A delta is an ordinary zstd frame compressed with the base object's raw content 
 raw-content dictionary (zstd's "patch from" mode), so decoding needs only zstd and the base.
 Small files that have no earlier version to delta against use the store's trained dictionary
 (an object too): measured on Django 5.0, 14.1 MB plain vs 12.4 MB with a 112 KiB dictionary
-trained on 1,000 samples (about 0.1 s of training). Compressor objects are reused per thread:
-creating one costs about 8 us, loading a dictionary more.
+trained on 1,000 samples (about 0.1 s of training). Compression contexts are pooled and
+reused: creating one costs about 8 us, loading a dictionary more.
 """
 
 from __future__ import annotations
@@ -22,31 +22,49 @@ DEFAULT_LEVEL = 3
 # Below this a payload is not worth a zstd frame header.
 MIN_COMPRESS_SIZE = 64
 DICT_SIZE = 112 * 1024
-_local = threading.local()
+# Contexts are pooled, not kept per thread: a level-3 compressor holds ~1 MB and a dictionary
+# pair ~0.7 MB, and the daemon serves calls on up to 32 threads. At most this many idle
+# contexts of each kind are kept (more are made while more threads compress at once).
+IDLE_CONTEXTS = 4
+_pool_lock = threading.Lock()
+_plain: dict[int, list[zstandard.ZstdCompressor]] = {}
+_plain_d: list[zstandard.ZstdDecompressor] = []
+_dicts: OrderedDict[bytes, tuple[zstandard.ZstdCompressionDict, list, list]] = OrderedDict()
+DICTS_KEPT = 8
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    cache = getattr(_local, "compressors", None)
-    if cache is None:
-        cache = _local.compressors = {}
-    c = cache.get(level)
-    if c is None:
-        c = cache[level] = zstandard.ZstdCompressor(level=level, write_checksum=False)
-    return c
+def _borrow(pool: list, make):
+    """An idle context from the pool, or a new one; give it back with _release."""
+    with _pool_lock:
+        if pool:
+            return pool.pop()
+    return make()
 
 
-def _decompressor() -> zstandard.ZstdDecompressor:
-    d = getattr(_local, "decompressor", None)
-    if d is None:
-        d = _local.decompressor = zstandard.ZstdDecompressor()
-    return d
+def _release(pool: list, ctx) -> None:
+    with _pool_lock:
+        if len(pool) < IDLE_CONTEXTS:
+            pool.append(ctx)
+
+
+def _plain_pool(level: int) -> list:
+    pool = _plain.get(level)
+    if pool is None:
+        with _pool_lock:
+            pool = _plain.setdefault(level, [])
+    return pool
 
 
 def compress(data: bytes, level: int = DEFAULT_LEVEL) -> tuple[int, bytes]:
     """Compress a payload; returns (codec, stored bytes). Incompressible data is stored raw."""
     if len(data) < MIN_COMPRESS_SIZE:
         return CODEC_RAW, bytes(data)
-    z = _compressor(level).compress(data)
+    pool = _plain_pool(level)
+    c = _borrow(pool, lambda: zstandard.ZstdCompressor(level=level, write_checksum=False))
+    try:
+        z = c.compress(data)
+    finally:
+        _release(pool, c)
     if len(z) >= len(data):
         return CODEC_RAW, bytes(data)
     return CODEC_ZSTD, z
@@ -118,27 +136,45 @@ def train_dictionary(samples: list[bytes], level: int = DEFAULT_LEVEL) -> bytes:
     return d.as_bytes()
 
 
-def _dict_for(dict_id: bytes, dict_raw: bytes, level: int):
-    """(compressor, decompressor) for a trained dictionary, cached per thread."""
-    cache = getattr(_local, "dicts", None)
-    if cache is None:
-        cache = _local.dicts = {}
-    pair = cache.get(dict_id)
-    if pair is None:
-        d = zstandard.ZstdCompressionDict(dict_raw, dict_type=zstandard.DICT_TYPE_FULLDICT)
-        pair = cache[dict_id] = (
-            zstandard.ZstdCompressor(level=level, dict_data=d, write_checksum=False),
-            zstandard.ZstdDecompressor(dict_data=d),
-        )
-        if len(cache) > 8:
-            cache.pop(next(iter(cache)))
-    return pair
+def _dict_pools(
+    dict_id: bytes, dict_raw: bytes
+) -> tuple[zstandard.ZstdCompressionDict, list, list]:
+    """(dictionary, idle compressors, idle decompressors) of a trained dictionary."""
+    with _pool_lock:
+        entry = _dicts.get(dict_id)
+        if entry is not None:
+            _dicts.move_to_end(dict_id)
+            return entry
+    d = zstandard.ZstdCompressionDict(dict_raw, dict_type=zstandard.DICT_TYPE_FULLDICT)
+    with _pool_lock:
+        entry = _dicts.setdefault(dict_id, (d, [], []))
+        while len(_dicts) > DICTS_KEPT:
+            _dicts.popitem(last=False)
+    return entry
 
 
 def compress_with_dict(
     data: bytes, dict_id: bytes, dict_raw: bytes, level: int = DEFAULT_LEVEL
 ) -> bytes:
-    return _dict_for(dict_id, dict_raw, level)[0].compress(data)
+    d, comps, _ = _dict_pools(dict_id, dict_raw)  # (all callers use the default level)
+
+    def make() -> zstandard.ZstdCompressor:
+        return zstandard.ZstdCompressor(level=level, dict_data=d, write_checksum=False)
+
+    c = _borrow(comps, make)
+    try:
+        return c.compress(data)
+    finally:
+        _release(comps, c)
+
+
+def _decompress_with_dict(payload: bytes, raw_size: int, dict_id: bytes, dict_raw: bytes) -> bytes:
+    d, _, decomps = _dict_pools(dict_id, dict_raw)
+    dc = _borrow(decomps, lambda: zstandard.ZstdDecompressor(dict_data=d))
+    try:
+        return dc.decompress(payload, max_output_size=raw_size)
+    finally:
+        _release(decomps, dc)
 
 
 def decompress(
@@ -151,7 +187,11 @@ def decompress(
     if codec == CODEC_RAW:
         return bytes(payload)
     if codec == CODEC_ZSTD:
-        return _decompressor().decompress(payload, max_output_size=raw_size)
+        d = _borrow(_plain_d, zstandard.ZstdDecompressor)
+        try:
+            return d.decompress(payload, max_output_size=raw_size)
+        finally:
+            _release(_plain_d, d)
     if codec == CODEC_ZSTD_DELTA:
         if base is None:
             raise ValueError("delta object needs its base")
@@ -159,7 +199,5 @@ def decompress(
     if codec == CODEC_ZSTD_DICT:
         if base is None or base_id is None:
             raise ValueError("dictionary-compressed object needs its dictionary")
-        return _dict_for(base_id, base, DEFAULT_LEVEL)[1].decompress(
-            payload, max_output_size=raw_size
-        )
+        return _decompress_with_dict(payload, raw_size, base_id, base)
     raise ValueError(f"unknown codec {codec}")
