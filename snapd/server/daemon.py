@@ -22,6 +22,7 @@ self-check: a catalog query answers and the socket file is still ours.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import logging
 import os
@@ -358,8 +359,31 @@ class Daemon:
             self._socket_lock = None
 
 
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (M_ARENA_MAX) before the server starts its threads.
+
+    glibc gives threads arenas of their own, up to 8 per core, and memory freed in one stays
+    there. Measured in process, 20 workspaces snapshotted by 20 threads: +130 MiB RSS with
+    the default, +45 MiB with 2 arenas, at the same throughput (the interpreter lock
+    serialises most allocation anyway). MALLOC_ARENA_MAX in the environment wins. False
+    where there is no glibc mallopt (nothing to do then).
+    """
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_arena_max = -8  # from glibc's malloc.h
+    return bool(mallopt(ctypes.c_int(m_arena_max), ctypes.c_int(arenas)))
+
+
 def serve(config: ServeConfig) -> int:
     """Run the daemon in the foreground; returns the process exit status."""
+    limit_malloc_arenas()
     daemon = Daemon(config)
     daemon.install_signal_handlers()
     try:
