@@ -362,3 +362,62 @@ def test_tcp_with_mutual_tls(root, tmp_path) -> None:
         ):
             anonymous.workspaces()
         assert d.terminate() == 0
+
+
+def _catalog_descriptors(pid: int, store: str) -> int:
+    """Open descriptors of the daemon on its catalog file (one per SQLite connection)."""
+    fd_dir = f"/proc/{pid}/fd"
+    target = os.path.join(store, "catalog.db")
+    n = 0
+    for fd in os.listdir(fd_dir):
+        try:
+            n += os.readlink(os.path.join(fd_dir, fd)) == target
+        except OSError:
+            pass
+    return n
+
+
+def test_reopening_workspaces_and_many_clients_keep_the_connections_bounded(root, tmp_path) -> None:
+    """Every open starts a background walk on a thread of its own, and each concurrent call
+    runs on a server thread: catalog connections must not pile up with those threads."""
+    from snapd.store.store import IDLE_CONNECTIONS
+
+    store, sock = paths(root)
+    dirs = []
+    for k in range(6):
+        d = tmp_path / f"ws{k}"
+        treeutil.write(d, "src/a.py", f"print({k})\n")
+        dirs.append(str(d))
+    with DaemonProcess(store, sock) as d:
+        assert os.path.exists(os.path.join(store, "catalog.db"))
+        c = d.client()
+        for _ in range(3):
+            for path in dirs:
+                ws = c.open_workspace(path)
+                ws.snapshot()
+                ws.close()
+
+        def client_loop(path: str) -> None:
+            with d.client() as own:
+                ws = own.open_workspace(path)
+                for i in range(5):
+                    treeutil.write(path, "src/a.py", f"print({i})\n")
+                    ws.snapshot()
+
+        threads = [threading.Thread(target=client_loop, args=(p,)) for p in dirs * 2]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        # The pool's idle connections, plus at most a few in use by background work.
+        assert _catalog_descriptors(d.pid, store) <= IDLE_CONNECTIONS + 3
+
+
+def test_malloc_arenas_are_capped_unless_the_environment_says(monkeypatch) -> None:
+    from snapd.server.daemon import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the operator's setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    if platform.libc_ver()[0] == "glibc":
+        assert limit_malloc_arenas() is True
