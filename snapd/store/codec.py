@@ -146,8 +146,14 @@ def _dict_pools(
             _dicts.move_to_end(dict_id)
             return entry
     d = zstandard.ZstdCompressionDict(dict_raw, dict_type=zstandard.DICT_TYPE_FULLDICT)
+    # Digest it for decompression before other threads can see it: python-zstandard builds
+    # a dictionary's decompression state lazily with the GIL released, so two threads'
+    # first uses of a shared one could both build it (and one would leak).
+    c = zstandard.ZstdCompressor(level=DEFAULT_LEVEL, dict_data=d, write_checksum=False)
+    dc = zstandard.ZstdDecompressor(dict_data=d)
+    dc.decompress(c.compress(b"warm-up"))
     with _pool_lock:
-        entry = _dicts.setdefault(dict_id, (d, [], []))
+        entry = _dicts.setdefault(dict_id, (d, [c], [dc]))
         while len(_dicts) > DICTS_KEPT:
             _dicts.popitem(last=False)
     return entry
