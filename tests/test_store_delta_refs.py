@@ -41,15 +41,22 @@ def test_delta_edges_is_an_ordered_multiset_difference():
     assert delta_edges([c, b], [a]) == [c, b]
 
 
-def test_a_one_file_change_counts_only_the_new_file(ws, store):
-    _fill(ws.path)
+def _one_file_change(ws, store, name: str) -> tuple[bytes, bytes]:
+    """Snapshot `dir` (after _fill), change one file, snapshot again: (old tree, new tree),
+    the new one stored as a delta against the old one."""
     first = ws.snapshot()
-    treeutil.write(ws.path, "dir/f007.txt", "changed\n")
+    treeutil.write(ws.path, f"dir/{name}", "changed\n")
     second = ws.snapshot()
     old_dir = _entry_id(store, first.root_tree, b"dir")
     new_dir = _entry_id(store, second.root_tree, b"dir")
     info = store.object_info(new_dir)
     assert info.codec == CODEC_ZSTD_DELTA and info.base == old_dir
+    return old_dir, new_dir
+
+
+def test_a_one_file_change_counts_only_the_new_file(ws, store):
+    _fill(ws.path)
+    old_dir, new_dir = _one_file_change(ws, store, "f007.txt")
     # The new tree holds its base and the changed file, nothing else.
     assert store.children(new_dir, KIND_TREE) == [_entry_id(store, new_dir, b"f007.txt")]
     store.settle_refs()  # the first tree (60 children) counted them after its commit
@@ -192,10 +199,10 @@ def test_objects_another_writer_stored_first_count_their_references_once(store, 
 
 def test_catalog_rows_of_many_objects_in_one_lookup(ws, store):
     """object_infos answers as object_info does, leaves absent ids out, and spans batches;
-    a writer's prefetched bases give the same deltas as lookups one by one."""
+    a writer's prefetched bases are the rows its deltas then use."""
     _fill(ws.path)
-    first = ws.snapshot()
-    ids = [e.ref for e in store.read_tree(_entry_id(store, first.root_tree, b"dir"))]
+    old_dir, _ = _one_file_change(ws, store, "f011.txt")
+    ids = [e.ref for e in store.read_tree(old_dir)]
     absent = [bytes([i]) * 16 for i in range(3)]
     many = (ids + absent) * 9  # 567 ids with repeats: two batches
     infos = store.object_infos(many)
@@ -203,13 +210,8 @@ def test_catalog_rows_of_many_objects_in_one_lookup(ws, store):
     for oid in ids:
         assert infos[oid] == store.object_info(oid)
 
-    treeutil.write(ws.path, "dir/f011.txt", "changed once more\n")
-    second = ws.snapshot()
-    new_dir = _entry_id(store, second.root_tree, b"dir")
-    old_dir = _entry_id(store, first.root_tree, b"dir")
-    info = store.object_info(new_dir)
-    assert info.codec == CODEC_ZSTD_DELTA and info.base == old_dir
     with store.writer() as w:
         w.prefetch_bases([old_dir, *absent])
+        assert w._base_infos == {old_dir: store.object_info(old_dir)}  # one row, no absent ids
         assert w._delta_base(KIND_TREE, old_dir) == (old_dir, store.read(old_dir))
         assert w._delta_base(KIND_TREE, absent[0]) is None

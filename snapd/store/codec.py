@@ -159,13 +159,13 @@ def _dict_pools(
     return entry
 
 
-def compress_with_dict(
-    data: bytes, dict_id: bytes, dict_raw: bytes, level: int = DEFAULT_LEVEL
-) -> bytes:
-    d, comps, _ = _dict_pools(dict_id, dict_raw)  # (all callers use the default level)
+def compress_with_dict(data: bytes, dict_id: bytes, dict_raw: bytes) -> bytes:
+    """Compress at the default level with a trained dictionary (its pooled compressors are
+    all made at that level)."""
+    d, comps, _ = _dict_pools(dict_id, dict_raw)
 
     def make() -> zstandard.ZstdCompressor:
-        return zstandard.ZstdCompressor(level=level, dict_data=d, write_checksum=False)
+        return zstandard.ZstdCompressor(level=DEFAULT_LEVEL, dict_data=d, write_checksum=False)
 
     c = _borrow(comps, make)
     try:
