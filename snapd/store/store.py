@@ -29,6 +29,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..errors import (
@@ -51,6 +52,7 @@ from .catalog import (
     init_schema,
 )
 from .format import (
+    CODEC_RAW,
     CODEC_ZSTD_DELTA,
     CODEC_ZSTD_DICT,
     FORMAT_VERSION,
@@ -84,6 +86,11 @@ GATE_FILE = "gate"
 # Flush pending objects to a pack once this much raw content is buffered.
 FLUSH_RAW_BYTES = 16 * 1024 * 1024
 FLUSH_OBJECTS = 4096
+# Background compression (ObjectWriter.compress_behind): new data objects are handed to a
+# helper thread in batches of this many raw bytes or objects. zstd releases the GIL, so on 2
+# cores the walk's Python work and the compression overlap.
+BEHIND_BATCH_BYTES = 1024 * 1024
+BEHIND_BATCH_OBJECTS = 64
 # Catalog connections kept open between uses (more are opened while more threads need one
 # at the same instant, and closed when they come back): each may hold 16 MiB of page cache.
 IDLE_CONNECTIONS = 8
@@ -1180,6 +1187,11 @@ class ObjectWriter:
         # Catalog rows of likely delta bases, fetched in one query (prefetch_bases). Valid for
         # this writer's life: it holds the store's shared lock, so GC deletes nothing meanwhile.
         self._base_infos: dict[bytes, ObjectInfo] = {}
+        # compress_behind: a helper thread, the batch being filled, the batches handed over.
+        self._behind: ThreadPoolExecutor | None = None
+        self._batch: list[_Pending] = []
+        self._batch_raw = 0
+        self._inflight: list[Future] = []
         self.new_objects = 0
         self.new_bytes = 0  # stored (compressed) bytes written
         self.reused = 0
@@ -1190,6 +1202,7 @@ class ObjectWriter:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.compress_behind(False, wait=False)
         with self._lock:
             self._pending.clear()
             self._pending_by_id.clear()
@@ -1232,6 +1245,8 @@ class ObjectWriter:
                     raise _collision(oid)
                 self.reused += 1
                 return oid
+        if self._behind is not None and kind == KIND_DATA and base is None and not children:
+            return self._put_behind(oid, raw, repair)
         codec, payload, base_id, base_raw = self._encode(kind, raw, base, oid)
         edges = children or []
         if base_raw is not None and edges:
@@ -1253,6 +1268,72 @@ class ObjectWriter:
         if full:
             store._flush(self)
         return oid
+
+    def compress_behind(self, on: bool, *, wait: bool = True) -> None:
+        """Turn background compression of new data objects without a delta base on or off.
+
+        For large ingests (a first snapshot): the caller reads and hashes the next files while
+        a helper thread compresses the last ones. Turning it off waits for the objects handed
+        over (wait=False drops them: for a writer being thrown away). A first snapshot of
+        Django 5.0 (6.8k files) went from ~1.45 to ~1.1 s on 2 cores (benchmarks/README.md).
+        """
+        if on:
+            if self._behind is None:
+                self._behind = ThreadPoolExecutor(1, thread_name_prefix="snapd-compress")
+            return
+        pool, self._behind = self._behind, None
+        if pool is None:
+            return
+        try:
+            if wait:
+                self._drain()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=not wait)
+            self._batch, self._batch_raw, self._inflight = [], 0, []
+
+    def _put_behind(self, oid: bytes, raw: bytes, repair: bool) -> bytes:
+        # Not a delta, so a placeholder codec is safe for _delta_base until the payload lands.
+        item = _Pending(oid, KIND_DATA, CODEC_RAW, raw, b"", None, [], repair)
+        with self._lock:
+            if oid in self._pending_by_id:
+                self.reused += 1
+                return oid
+            self._pending.append(item)
+            self._pending_by_id[oid] = item
+            self._pending_raw += len(raw)
+            self.new_objects += 1
+            full = self._pending_raw >= FLUSH_RAW_BYTES or len(self._pending) >= FLUSH_OBJECTS
+            self._batch.append(item)
+            self._batch_raw += len(raw)
+            if self._batch_raw >= BEHIND_BATCH_BYTES or len(self._batch) >= BEHIND_BATCH_OBJECTS:
+                self._hand_over()
+        if full:
+            self.store._flush(self)
+        return oid
+
+    def _hand_over(self) -> None:
+        """Give the batch being filled to the helper thread (caller holds self._lock)."""
+        if self._batch and self._behind is not None:
+            self._inflight.append(self._behind.submit(self._compress_batch, self._batch))
+        self._batch, self._batch_raw = [], 0
+
+    def _compress_batch(self, items: list[_Pending]) -> None:
+        stored = 0
+        for item in items:
+            item.codec, item.payload, item.base = self._plain(KIND_DATA, item.raw)
+            stored += len(item.payload)
+        with self._lock:
+            self.new_bytes += stored
+
+    def _drain(self) -> None:
+        """Wait until every object handed to the helper thread has its payload."""
+        with self._lock:
+            batch, self._batch, self._batch_raw = self._batch, [], 0
+            inflight, self._inflight = self._inflight, []
+        if batch:
+            self._compress_batch(batch)  # the tail: here rather than wait for a hand-off
+        for f in inflight:
+            f.result()  # re-raises what the helper hit
 
     def _encode(
         self, kind: int, raw: bytes, base: bytes | None, oid: bytes
@@ -1349,12 +1430,17 @@ class ObjectWriter:
         return info.id, raw
 
     def _take_pending(self) -> list[_Pending]:
-        with self._lock:
-            out = self._pending
-            self._pending = []
-            self._pending_by_id = {}
-            self._pending_raw = 0
-        return out
+        while True:
+            if self._batch or self._inflight:
+                self._drain()  # every object taken must have its payload
+            with self._lock:
+                if self._batch or self._inflight:
+                    continue  # another thread handed more over meanwhile
+                out = self._pending
+                self._pending = []
+                self._pending_by_id = {}
+                self._pending_raw = 0
+                return out
 
     def flush(self) -> None:
         self.store._flush(self)

@@ -1,0 +1,147 @@
+"""Background compression (ObjectWriter.compress_behind): a large ingest compresses new data on
+a helper thread while the walk reads the next files. Every object must still be stored with
+its real payload, exactly once, whatever thread put it and whenever the writer flushes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+import crashloop_child
+import pytest
+import treeutil
+
+from snapd.store import store as store_mod
+from snapd.store.format import CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_DICT, KIND_DATA
+from snapd.store.store import ObjectWriter
+from snapd.store.verify import verify
+
+
+def _contents(n: int, seed: int = 7) -> list[bytes]:
+    rng = random.Random(seed)
+    words = [b"alpha", b"beta", b"gamma", b"delta", b"import", b"return", b"self", b"\n"]
+    return [b" ".join(rng.choice(words) for _ in range(rng.randint(20, 3000))) for _ in range(n)]
+
+
+def _helpers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("snapd-compress")]
+
+
+def test_objects_compressed_behind_are_stored_exactly(store, tmp_path, monkeypatch) -> None:
+    # Small flush thresholds: the writer flushes to the packs several times mid-ingest.
+    monkeypatch.setattr(store_mod, "FLUSH_OBJECTS", 50)
+    monkeypatch.setattr(store_mod, "BEHIND_BATCH_OBJECTS", 7)
+    datas = _contents(300)
+    datas += datas[:20]  # repeats dedup against objects still being compressed
+    ws_id = store.ensure_workspace(str(tmp_path / "w"), {}).id
+    with store.writer() as w:
+        w.compress_behind(True)
+        ids = [w.put(KIND_DATA, d) for d in datas]
+        w.compress_behind(False)
+        assert w.new_objects == 300 and w.reused == 20
+        stored = w.new_bytes
+        w.commit(workspace_id=ws_id)
+    assert not _helpers()
+    for oid, d in zip(ids, datas, strict=True):
+        assert store.read(oid) == d
+        assert store.object_info(oid).codec in (CODEC_ZSTD, CODEC_ZSTD_DICT)
+    assert 0 < stored < sum(map(len, datas[:300]))  # compressed sizes, counted by the helper
+    assert verify(store).ok
+
+
+def test_commit_waits_for_objects_still_being_compressed(store, tmp_path) -> None:
+    """No compress_behind(False) before the commit: the commit itself waits for the helper,
+    and never writes a placeholder payload."""
+    datas = _contents(100, seed=3)
+    ws_id = store.ensure_workspace(str(tmp_path / "w"), {}).id
+    with store.writer() as w:
+        w.compress_behind(True)
+        ids = [w.put(KIND_DATA, d) for d in datas]
+        w.commit(workspace_id=ws_id)
+    assert not _helpers()
+    for oid, d in zip(ids, datas, strict=True):
+        assert store.object_info(oid).codec != CODEC_RAW
+        assert store.read(oid) == d
+
+
+def test_threads_putting_at_once_lose_nothing(store, tmp_path) -> None:
+    datas = _contents(400, seed=11)
+    ws_id = store.ensure_workspace(str(tmp_path / "w"), {}).id
+    ids: dict[int, bytes] = {}
+    with store.writer() as w:
+        w.compress_behind(True)
+
+        def put(k: int) -> None:
+            for i in range(k, len(datas), 4):
+                ids[i] = w.put(KIND_DATA, datas[i])
+
+        threads = [threading.Thread(target=put, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        w.compress_behind(False)
+        w.commit(workspace_id=ws_id)
+    for i, d in enumerate(datas):
+        assert store.read(ids[i]) == d
+
+
+def test_a_failure_on_the_helper_fails_the_commit_and_stores_nothing(
+    store, tmp_path, monkeypatch
+) -> None:
+    datas = _contents(80, seed=5)
+    poison = datas[40]
+    real = ObjectWriter._plain
+
+    def failing(self, kind, raw):
+        if raw == poison:
+            raise MemoryError("injected: the helper could not compress")
+        return real(self, kind, raw)
+
+    monkeypatch.setattr(ObjectWriter, "_plain", failing)
+    ws_id = store.ensure_workspace(str(tmp_path / "w"), {}).id
+    with pytest.raises(MemoryError, match="injected"), store.writer() as w:
+        w.compress_behind(True)
+        ids = [w.put(KIND_DATA, d) for d in datas]
+        w.commit(workspace_id=ws_id)
+    assert not _helpers()
+    assert store.object_infos(ids) == {}  # nothing of the failed commit reached the catalog
+    assert verify(store).ok
+
+
+def test_a_writer_dropped_without_commit_leaves_no_helper(store) -> None:
+    with store.writer() as w:
+        w.compress_behind(True)
+        ids = [w.put(KIND_DATA, d) for d in _contents(200, seed=9)]
+    assert not _helpers()
+    assert store.object_infos(ids) == {}
+
+
+def test_a_first_snapshot_compresses_behind_and_restores_exactly(
+    open_ws, ws_dir, store, monkeypatch
+) -> None:
+    calls: list[bool] = []
+    real = ObjectWriter.compress_behind
+
+    def spy(self, on, **kw):
+        calls.append(on)
+        return real(self, on, **kw)
+
+    monkeypatch.setattr(ObjectWriter, "compress_behind", spy)
+    datas = _contents(150, seed=21)
+    for i, d in enumerate(datas):
+        treeutil.write(ws_dir, f"pkg{i % 7}/mod{i}.py", d)
+    treeutil.write(ws_dir, "big.bin", os.urandom(3 << 20))  # chunked: chunks go behind too
+    ws = open_ws(ws_dir)
+    before = treeutil.capture(ws_dir)
+    first = ws.snapshot()
+    assert calls.count(True) == 1 and calls[calls.index(True) + 1] is False
+    for i in range(0, 150, 3):
+        os.unlink(os.path.join(ws_dir, f"pkg{i % 7}/mod{i}.py"))
+    treeutil.write(ws_dir, "big.bin", b"smaller now")
+    ws.restore(first.id)
+    treeutil.assert_same(treeutil.capture(ws_dir), before)
+    assert crashloop_child.refcount_errors(store) == []
+    assert verify(store).ok
