@@ -631,26 +631,32 @@ class Scanner:
         if not cands:
             return
         cands = self._reuse_moved(cands)
-        if len(cands) >= DICT_TRAIN_MIN:
-            self._maybe_train_dictionary(cands)
-        prefetch = getattr(self.sink, "prefetch_bases", None)
-        if prefetch is not None:
-            # Earlier versions are delta bases: their catalog rows in one query.
-            prefetch(
-                [c[3].ref for c in cands if c[3].__class__ is FileNode and c[3].kind == ENTRY_FILE]
-            )
         # Reading, hashing and bookkeeping stay on this thread: handing whole files to a
         # thread pool cost more in GIL hand-offs than it saved (measured on 2 cores: first
         # snapshot of Django 5.0 1.6-1.8 s serial, 2.0-2.4 s with 1-3 workers). Compression
-        # alone, in batches, overlaps well: a large ingest hands it to the writer's helper.
+        # alone, in batches, overlaps well: a large ingest hands it (and the training of the
+        # store's dictionary) to the writer's helper thread.
         behind = getattr(self.sink, "compress_behind", None)
-        if behind is None or len(cands) < COMPRESS_BEHIND_MIN:
-            results = [self._ingest_safe(c) for c in cands]
-        else:
+        if len(cands) < COMPRESS_BEHIND_MIN:
+            behind = None
+        if behind is not None:
             behind(True)
-            try:
-                results = [self._ingest_safe(c) for c in cands]
-            finally:
+        try:
+            if len(cands) >= DICT_TRAIN_MIN:
+                self._maybe_train_dictionary(cands)
+            prefetch = getattr(self.sink, "prefetch_bases", None)
+            if prefetch is not None:
+                # Earlier versions are delta bases: their catalog rows in one query.
+                prefetch(
+                    [
+                        c[3].ref
+                        for c in cands
+                        if c[3].__class__ is FileNode and c[3].kind == ENTRY_FILE
+                    ]
+                )
+            results = [self._ingest_safe(c) for c in cands]
+        finally:
+            if behind is not None:
                 behind(False)
         rescan = []
         for (path, name, parent, _old, _key), res in zip(cands, results, strict=True):

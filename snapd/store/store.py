@@ -1365,6 +1365,13 @@ class ObjectWriter:
         return codec, payload, None
 
     def install_dictionary(self, samples: list[bytes]) -> bool:
+        """Give the store its dictionary. With compress_behind on, it is trained on the helper
+        thread (~0.1 s) while the caller reads on; the batches handed over after it are
+        compressed with it, and a commit waits for it as for them."""
+        with self._lock:
+            if self._behind is not None:
+                self._inflight.append(self._behind.submit(self.store.install_dictionary, samples))
+                return True
         return self.store.install_dictionary(samples)
 
     def wants_dictionary(self) -> bool:
