@@ -51,8 +51,6 @@ RACY_MARGIN_NS = 100_000_000
 HOT_NS = 20_000_000
 MAX_READ_ATTEMPTS = 5
 REUSE_MIN = 32  # new files in one pass before looking for moved ones by inode
-# Files to read in one pass before compressing on a helper thread (ObjectWriter.compress_behind).
-COMPRESS_BEHIND_MIN = 64
 # A store gets its dictionary from the first ingest of at least this many files.
 DICT_TRAIN_MIN = 500
 DICT_SAMPLES = 1000
@@ -631,33 +629,22 @@ class Scanner:
         if not cands:
             return
         cands = self._reuse_moved(cands)
+        if len(cands) >= DICT_TRAIN_MIN:
+            self._maybe_train_dictionary(cands)
+        prefetch = getattr(self.sink, "prefetch_bases", None)
+        if prefetch is not None:
+            # Earlier versions are delta bases: their catalog rows in one query.
+            prefetch(
+                [c[3].ref for c in cands if c[3].__class__ is FileNode and c[3].kind == ENTRY_FILE]
+            )
         # Reading, hashing and bookkeeping stay on this thread: handing whole files to a
         # thread pool cost more in GIL hand-offs than it saved (measured on 2 cores: first
         # snapshot of Django 5.0 1.6-1.8 s serial, 2.0-2.4 s with 1-3 workers). Compression
-        # alone, in batches, overlaps well: a large ingest hands it (and the training of the
-        # store's dictionary) to the writer's helper thread.
-        behind = getattr(self.sink, "compress_behind", None)
-        if len(cands) < COMPRESS_BEHIND_MIN:
-            behind = None
-        if behind is not None:
-            behind(True)
-        try:
-            if len(cands) >= DICT_TRAIN_MIN:
-                self._maybe_train_dictionary(cands)
-            prefetch = getattr(self.sink, "prefetch_bases", None)
-            if prefetch is not None:
-                # Earlier versions are delta bases: their catalog rows in one query.
-                prefetch(
-                    [
-                        c[3].ref
-                        for c in cands
-                        if c[3].__class__ is FileNode and c[3].kind == ENTRY_FILE
-                    ]
-                )
-            results = [self._ingest_safe(c) for c in cands]
-        finally:
-            if behind is not None:
-                behind(False)
+        # alone overlaps well: a writer with compress_behind on hands it to a helper thread.
+        results = [self._ingest_safe(c) for c in cands]
+        hand_over = getattr(self.sink, "hand_over", None)
+        if hand_over is not None:
+            hand_over()  # the helper compresses the last files while the trees are encoded
         rescan = []
         for (path, name, parent, _old, _key), res in zip(cands, results, strict=True):
             # Queuing a candidate invalidated its directory and the ones above it already.

@@ -16,6 +16,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from . import index as idx
@@ -217,6 +218,7 @@ class Workspace:
         self._links_known = False  # rebuilt by every full walk
         self._ignore_bytes: bytes | None = None
         self._pending_full = False
+        self._walk_due = False  # a failed operation: the next scan walks everything
         self.excludes = Excludes(list(settings.exclude))
         self._refresh_excludes()
         self.root: DirNode = DirNode()
@@ -228,6 +230,9 @@ class Workspace:
         self.last_stats: dict = {}
         self._racy_paths: set[bytes] = set()
         self.watcher: TreeWatcher | None = None
+        # Compresses what snapshots read while they go on (ObjectWriter.compress_behind): one
+        # thread per workspace, so no workspace's first snapshot delays another's commits.
+        self._compress_helper: ThreadPoolExecutor | None = None
         # Set once the watcher is ready and the walk that follows is done (or failed): from
         # then on snapshots use the watcher's events. Set at once without a watcher.
         self.settled = threading.Event()
@@ -294,6 +299,15 @@ class Workspace:
                 self.closed = True
                 self.stop_watcher()
                 os.close(self.rootfd)
+                if self._compress_helper is not None:
+                    self._compress_helper.shutdown(wait=True)
+
+    def _reload_index(self) -> None:
+        """After a failed operation: back to the index as last committed. What the watcher
+        reported for the operation was taken and is gone (and a failed restore may have
+        changed files), so the next scan walks the whole tree."""
+        self._load_index()
+        self._walk_due = True
 
     def _check_open(self) -> None:
         if self.closed:
@@ -376,10 +390,23 @@ class Workspace:
             raise
 
     def _scan_hinted(self, sink, hints: Hints | None) -> tuple[bytes, IndexDelta, ScanStats]:
+        behind = getattr(sink, "compress_behind", None)
+        if behind is not None:
+            if self._compress_helper is None:
+                self._compress_helper = ThreadPoolExecutor(
+                    1, thread_name_prefix=f"snapd-compress-{self.id}"
+                )
+            behind(self._compress_helper)
         excludes_changed = self._refresh_excludes()
         if excludes_changed and self.watcher is not None:
             self.watcher.rewatch()
-        full = hints is None or self._replace_index or excludes_changed or not self._links_known
+        full = (
+            hints is None
+            or self._replace_index
+            or excludes_changed
+            or not self._links_known
+            or self._walk_due
+        )
         scanner = Scanner(
             self.rootfd,
             self.root,
@@ -429,7 +456,7 @@ class Workspace:
         delta.deletes = sorted(removed - set(changed))
         delta.delete_subtrees = sorted(removed)
         delta.upserts = [(p, idx.encode_record(n)) for p, n in changed.items()]
-        self._pending_full = False
+        self._pending_full = self._walk_due = False
         # Racy entries (coarse timestamps only) are re-checked by the next hinted scan too.
         self._racy_paths = {p for p, n in changed.items() if isinstance(n, idx.FileNode) and n.racy}
         stats = scanner.stats
@@ -486,7 +513,7 @@ class Workspace:
                         retention=self.settings.retention(),
                     )
                 except BaseException:
-                    self._load_index()
+                    self._reload_index()
                     raise
             self._replace_index = False
             assert rec is not None
@@ -503,7 +530,7 @@ class Workspace:
                     root_id, delta, _ = self._scan(w, hints)
                     w.commit(workspace_id=self.id, head=root_id, index=delta)
                 except BaseException:
-                    self._load_index()
+                    self._reload_index()
                     raise
             self._replace_index = False
             return root_id
@@ -594,7 +621,7 @@ class Workspace:
                         protect={target.id},  # the safety snapshot may push it out
                     )
                 except BaseException:
-                    self._load_index()
+                    self._reload_index()
                     raise
             if scope is None:
                 self.current_snapshot = target.id
@@ -712,7 +739,7 @@ def fork(
                     retention=ws.settings.retention(),
                 )
             except BaseException:
-                ws._load_index()
+                ws._reload_index()
                 raise
         ws._replace_index = False
         assert rec is not None

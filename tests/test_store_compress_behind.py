@@ -1,6 +1,7 @@
-"""Background compression (ObjectWriter.compress_behind): a large ingest compresses new data on
-a helper thread while the walk reads the next files. Every object must still be stored with
-its real payload, exactly once, whatever thread put it and whenever the writer flushes.
+"""Background compression (ObjectWriter.compress_behind): a snapshot compresses what it read
+on a helper thread while it reads the next files and encodes its trees. Every object must
+still be stored with its real payload, exactly once, whatever thread put it and whenever the
+writer flushes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 import treeutil
 
 from snapd.store import store as store_mod
-from snapd.store.format import CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_DICT, KIND_DATA
+from snapd.store.format import CODEC_ZSTD, CODEC_ZSTD_DELTA, CODEC_ZSTD_DICT, KIND_DATA
 from snapd.store.store import ObjectWriter
 from snapd.store.verify import verify
 
@@ -37,9 +38,9 @@ def test_objects_compressed_behind_are_stored_exactly(store, tmp_path, monkeypat
     datas += datas[:20]  # repeats dedup against objects still being compressed
     ws_id = store.ensure_workspace(str(tmp_path / "w"), {}).id
     with store.writer() as w:
-        w.compress_behind(True)
+        w.compress_behind()
         ids = [w.put(KIND_DATA, d) for d in datas]
-        w.compress_behind(False)
+        w.hand_over()
         assert w.new_objects == 300 and w.reused == 20
         stored = w.new_bytes
         w.commit(workspace_id=ws_id)
@@ -52,17 +53,16 @@ def test_objects_compressed_behind_are_stored_exactly(store, tmp_path, monkeypat
 
 
 def test_commit_waits_for_objects_still_being_compressed(store, tmp_path) -> None:
-    """No compress_behind(False) before the commit: the commit itself waits for the helper,
-    and never writes a placeholder payload."""
+    """The commit waits for the helper, and never writes an object without its payload."""
     datas = _contents(100, seed=3)
     ws_id = store.ensure_workspace(str(tmp_path / "w"), {}).id
     with store.writer() as w:
-        w.compress_behind(True)
+        w.compress_behind()
         ids = [w.put(KIND_DATA, d) for d in datas]
         w.commit(workspace_id=ws_id)
     assert not _helpers()
     for oid, d in zip(ids, datas, strict=True):
-        assert store.object_info(oid).codec != CODEC_RAW
+        assert store.object_info(oid).codec in (CODEC_ZSTD, CODEC_ZSTD_DICT)
         assert store.read(oid) == d
 
 
@@ -71,7 +71,7 @@ def test_threads_putting_at_once_lose_nothing(store, tmp_path) -> None:
     ws_id = store.ensure_workspace(str(tmp_path / "w"), {}).id
     ids: dict[int, bytes] = {}
     with store.writer() as w:
-        w.compress_behind(True)
+        w.compress_behind()
 
         def put(k: int) -> None:
             for i in range(k, len(datas), 4):
@@ -82,7 +82,6 @@ def test_threads_putting_at_once_lose_nothing(store, tmp_path) -> None:
             t.start()
         for t in threads:
             t.join()
-        w.compress_behind(False)
         w.commit(workspace_id=ws_id)
     for i, d in enumerate(datas):
         assert store.read(ids[i]) == d
@@ -103,7 +102,7 @@ def test_a_failure_on_the_helper_fails_the_commit_and_stores_nothing(
     monkeypatch.setattr(ObjectWriter, "_plain", failing)
     ws_id = store.ensure_workspace(str(tmp_path / "w"), {}).id
     with pytest.raises(MemoryError, match="injected"), store.writer() as w:
-        w.compress_behind(True)
+        w.compress_behind()
         ids = [w.put(KIND_DATA, d) for d in datas]
         w.commit(workspace_id=ws_id)
     assert not _helpers()
@@ -113,21 +112,24 @@ def test_a_failure_on_the_helper_fails_the_commit_and_stores_nothing(
 
 def test_a_writer_dropped_without_commit_leaves_no_helper(store) -> None:
     with store.writer() as w:
-        w.compress_behind(True)
+        w.compress_behind()
         ids = [w.put(KIND_DATA, d) for d in _contents(200, seed=9)]
     assert not _helpers()
     assert store.object_infos(ids) == {}
 
 
-def test_a_first_snapshot_compresses_behind_and_restores_exactly(
+def test_snapshots_compress_behind_on_the_workspace_helper_and_restore_exactly(
     open_ws, ws_dir, store, monkeypatch
 ) -> None:
-    calls: list[bool] = []
+    """A workspace's snapshots hand compression to its own helper thread: new files, chunks of
+    a large file and changed files (deltas against their previous version) all come back
+    exactly, and closing the workspace ends the helper."""
+    helpers: list = []
     real = ObjectWriter.compress_behind
 
-    def spy(self, on, **kw):
-        calls.append(on)
-        return real(self, on, **kw)
+    def spy(self, helper=None):
+        helpers.append(helper)
+        return real(self, helper)
 
     monkeypatch.setattr(ObjectWriter, "compress_behind", spy)
     datas = _contents(150, seed=21)
@@ -137,14 +139,45 @@ def test_a_first_snapshot_compresses_behind_and_restores_exactly(
     ws = open_ws(ws_dir)
     before = treeutil.capture(ws_dir)
     first = ws.snapshot()
-    assert calls.count(True) == 1 and calls[calls.index(True) + 1] is False
+    assert helpers and all(h is helpers[0] and h is not None for h in helpers)
+    for i in range(0, 150, 5):  # small edits: stored as deltas, compressed on the helper
+        treeutil.write(ws_dir, f"pkg{i % 7}/mod{i}.py", datas[i] + b"# edited\n")
+    edited = treeutil.capture(ws_dir)
+    second = ws.snapshot()
+    deltas = store.query("SELECT count(*) FROM objects WHERE codec=?", (CODEC_ZSTD_DELTA,))
+    assert deltas[0][0] >= 25
     for i in range(0, 150, 3):
         os.unlink(os.path.join(ws_dir, f"pkg{i % 7}/mod{i}.py"))
     treeutil.write(ws_dir, "big.bin", b"smaller now")
     ws.restore(first.id)
     treeutil.assert_same(treeutil.capture(ws_dir), before)
+    ws.restore(second.id)
+    treeutil.assert_same(treeutil.capture(ws_dir), edited)
     assert crashloop_child.refcount_errors(store) == []
     assert verify(store).ok
+    ws.close()
+    assert not _helpers()
+
+
+def test_an_object_still_being_compressed_is_no_delta_base(store) -> None:
+    """Whether it ends up a delta is not known yet, and a delta's base must be a full object
+    (chains are one deep): a later version of it is compressed without it."""
+    gate = threading.Event()
+    real = ObjectWriter._compress
+
+    def slow(self, kind, raw, found):
+        gate.wait(10)
+        return real(self, kind, raw, found)
+
+    with store.writer() as w:
+        w.compress_behind()
+        w._compress = slow.__get__(w)
+        first = w.put(KIND_DATA, b"version one " * 100)
+        w.hand_over()
+        assert w._delta_base(KIND_DATA, first) is None
+        gate.set()
+        w._drain()
+        assert w._delta_base(KIND_DATA, first) == (first, b"version one " * 100)
 
 
 def test_the_dictionary_is_trained_on_the_helper_and_used_for_small_files(

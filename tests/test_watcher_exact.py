@@ -664,3 +664,64 @@ def test_snapshot_after_a_restore_with_conflicts(open_ws, ws_dir, watch) -> None
     res = ws.restore(a.id)
     assert res.stats.conflicts  # f cannot become a file again: it holds excluded content
     snap_exact(ws, "snapshot after a restore with conflicts")
+
+
+@pytest.mark.parametrize("fail_in", ["commit", "helper"])
+def test_a_failed_snapshot_forgets_nothing_the_watcher_reported(wws, monkeypatch, fail_in) -> None:
+    """The failed snapshot took the watcher's dirty set; the index goes back to the last commit.
+    The next snapshot must still find the changes that set held (here: a full walk)."""
+    from snapd.store.store import ObjectWriter, Store
+
+    _write(os.path.join(wws.path, "changed"), b"before")
+    snap_exact(wws, "before")
+    _write(os.path.join(wws.path, "changed"), b"after, longer")
+    _write(os.path.join(wws.path, "added"), b"new")
+    real_commit, real_batch = Store._commit, ObjectWriter._compress_batch
+
+    def failing_commit(self, *a, **kw):
+        raise OSError(28, "No space left on device (injected)")
+
+    def failing_batch(self, batch):  # on the compression helper, seen by the commit
+        raise MemoryError("injected on the helper")
+
+    if fail_in == "commit":
+        monkeypatch.setattr(Store, "_commit", failing_commit)
+    else:
+        monkeypatch.setattr(ObjectWriter, "_compress_batch", failing_batch)
+    with pytest.raises((OSError, MemoryError), match="injected"):
+        wws.snapshot()
+    monkeypatch.setattr(Store, "_commit", real_commit)
+    monkeypatch.setattr(ObjectWriter, "_compress_batch", real_batch)
+    rec = snap_exact(wws, "after the failed snapshot")
+    assert rec.stats["scan"] == "full"
+    assert snap_exact(wws, "and the one after").stats["scan"] == "hinted"
+
+
+def test_a_restore_that_fails_halfway_leaves_the_next_snapshot_exact(wws, monkeypatch) -> None:
+    """A restore wrote some files, then failed: the files on disk are half old, half new and
+    the index went back to the last commit. The next snapshot records what is on disk."""
+    from snapd.errors import ResourceExhausted
+    from snapd.restore import Applier
+
+    for i in range(20):
+        _write(os.path.join(wws.path, f"f{i:02d}"), b"old %d" % i)
+    old = snap_exact(wws, "old")
+    for i in range(20):
+        _write(os.path.join(wws.path, f"f{i:02d}"), b"new version %d" % i)
+    snap_exact(wws, "new")
+    real = Applier._write_file
+    written: list[bytes] = []
+
+    def fail_halfway(self, dfd, name, t, replace):
+        if len(written) == 7:
+            raise OSError(28, "No space left on device (injected)")
+        written.append(name)
+        return real(self, dfd, name, t, replace)
+
+    monkeypatch.setattr(Applier, "_write_file", fail_halfway)
+    with pytest.raises(ResourceExhausted, match="no space left while restoring"):
+        wws.restore(old.id)
+    monkeypatch.setattr(Applier, "_write_file", real)
+    on_disk = {os.path.getsize(os.path.join(wws.path, f"f{i:02d}")) for i in range(20)}
+    assert len(on_disk) > 1  # really half restored
+    snap_exact(wws, "after the failed restore")

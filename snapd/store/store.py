@@ -29,7 +29,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 
 from ..errors import (
@@ -52,7 +53,6 @@ from .catalog import (
     init_schema,
 )
 from .format import (
-    CODEC_RAW,
     CODEC_ZSTD_DELTA,
     CODEC_ZSTD_DICT,
     FORMAT_VERSION,
@@ -174,7 +174,7 @@ class IndexDelta:
 class _Pending:
     oid: bytes
     kind: int
-    codec: int
+    codec: int | None  # None while a helper thread compresses it (compress_behind)
     raw: bytes
     payload: bytes
     base: bytes | None
@@ -1188,8 +1188,9 @@ class ObjectWriter:
         # this writer's life: it holds the store's shared lock, so GC deletes nothing meanwhile.
         self._base_infos: dict[bytes, ObjectInfo] = {}
         # compress_behind: a helper thread, the batch being filled, the batches handed over.
-        self._behind: ThreadPoolExecutor | None = None
-        self._batch: list[_Pending] = []
+        self._behind: Executor | None = None
+        self._own_helper: ThreadPoolExecutor | None = None
+        self._batch: list[tuple[_Pending, tuple[bytes, bytes] | None]] = []
         self._batch_raw = 0
         self._inflight: list[Future] = []
         self.new_objects = 0
@@ -1202,7 +1203,7 @@ class ObjectWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.compress_behind(False, wait=False)
+        self._stop_behind()
         with self._lock:
             self._pending.clear()
             self._pending_by_id.clear()
@@ -1245,8 +1246,8 @@ class ObjectWriter:
                     raise _collision(oid)
                 self.reused += 1
                 return oid
-        if self._behind is not None and kind == KIND_DATA and base is None and not children:
-            return self._put_behind(oid, raw, repair)
+        if self._behind is not None and kind == KIND_DATA and not children:
+            return self._put_behind(oid, raw, repair, self._base_for(kind, raw, base, oid))
         codec, payload, base_id, base_raw = self._encode(kind, raw, base, oid)
         edges = children or []
         if base_raw is not None and edges:
@@ -1269,31 +1270,42 @@ class ObjectWriter:
             store._flush(self)
         return oid
 
-    def compress_behind(self, on: bool, *, wait: bool = True) -> None:
-        """Turn background compression of new data objects without a delta base on or off.
+    def compress_behind(self, helper: Executor | None = None) -> None:
+        """Compress new data objects on a helper thread from now on, until the commit.
 
-        For large ingests (a first snapshot): the caller reads and hashes the next files while
-        a helper thread compresses the last ones. Turning it off waits for the objects handed
-        over (wait=False drops them: for a writer being thrown away). A first snapshot of
-        Django 5.0 (6.8k files) went from ~1.45 to ~1.1 s on 2 cores (benchmarks/README.md).
+        The caller reads and hashes the next files, and encodes its trees, while the helper
+        compresses the files read so far (zstd releases the GIL, so the two overlap on 2
+        cores). `helper`: a single-thread executor to use (a workspace keeps one, so a
+        snapshot starts no thread); by default the writer starts its own. Every flush and
+        the commit wait for the objects handed over; an error there fails them.
         """
-        if on:
-            if self._behind is None:
-                self._behind = ThreadPoolExecutor(1, thread_name_prefix="snapd-compress")
+        if self._behind is not None:
             return
-        pool, self._behind = self._behind, None
-        if pool is None:
-            return
-        try:
-            if wait:
-                self._drain()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=not wait)
-            self._batch, self._batch_raw, self._inflight = [], 0, []
+        if helper is None:
+            helper = self._own_helper = ThreadPoolExecutor(1, thread_name_prefix="snapd-compress")
+        self._behind = helper
 
-    def _put_behind(self, oid: bytes, raw: bytes, repair: bool) -> bytes:
-        # Not a delta, so a placeholder codec is safe for _delta_base until the payload lands.
-        item = _Pending(oid, KIND_DATA, CODEC_RAW, raw, b"", None, [], repair)
+    def hand_over(self) -> None:
+        """Hand the objects waiting for a full batch to the helper now (the caller is done
+        reading and goes on to other work)."""
+        with self._lock:
+            self._hand_over()
+
+    def _stop_behind(self) -> None:
+        """At the writer's close: objects still queued are dropped, running batches end."""
+        with self._lock:
+            inflight, self._inflight = self._inflight, []
+            self._batch, self._batch_raw, self._behind = [], 0, None
+        for f in inflight:
+            f.cancel()
+        futures_wait(inflight)
+        if self._own_helper is not None:
+            self._own_helper.shutdown(wait=True)
+            self._own_helper = None
+
+    def _put_behind(self, oid: bytes, raw: bytes, repair: bool, found) -> bytes:
+        # codec None until the helper has compressed it (_delta_base will not use it as a base).
+        item = _Pending(oid, KIND_DATA, None, raw, b"", None, [], repair)
         with self._lock:
             if oid in self._pending_by_id:
                 self.reused += 1
@@ -1303,7 +1315,7 @@ class ObjectWriter:
             self._pending_raw += len(raw)
             self.new_objects += 1
             full = self._pending_raw >= FLUSH_RAW_BYTES or len(self._pending) >= FLUSH_OBJECTS
-            self._batch.append(item)
+            self._batch.append((item, found))
             self._batch_raw += len(raw)
             if self._batch_raw >= BEHIND_BATCH_BYTES or len(self._batch) >= BEHIND_BATCH_OBJECTS:
                 self._hand_over()
@@ -1317,10 +1329,10 @@ class ObjectWriter:
             self._inflight.append(self._behind.submit(self._compress_batch, self._batch))
         self._batch, self._batch_raw = [], 0
 
-    def _compress_batch(self, items: list[_Pending]) -> None:
+    def _compress_batch(self, batch: list[tuple[_Pending, tuple[bytes, bytes] | None]]) -> None:
         stored = 0
-        for item in items:
-            item.codec, item.payload, item.base = self._plain(KIND_DATA, item.raw)
+        for item, found in batch:
+            item.codec, item.payload, item.base, _ = self._compress(KIND_DATA, item.raw, found)
             stored += len(item.payload)
         with self._lock:
             self.new_bytes += stored
@@ -1339,18 +1351,29 @@ class ObjectWriter:
         self, kind: int, raw: bytes, base: bytes | None, oid: bytes
     ) -> tuple[int, bytes, bytes | None, bytes | None]:
         """(codec, payload, base id, the base's raw content if a delta against it)."""
+        return self._compress(kind, raw, self._base_for(kind, raw, base, oid))
+
+    def _base_for(
+        self, kind: int, raw: bytes, base: bytes | None, oid: bytes
+    ) -> tuple[bytes, bytes] | None:
+        """(id, raw content) of the object to try a delta against, if any."""
         if base is not None and base != oid and len(raw) >= 256:
-            base_raw = self._delta_base(kind, base)
-            if base_raw is not None:
-                base_id, base_data = base_raw
-                level = TREE_DELTA_LEVEL if kind != KIND_DATA else codecs.DEFAULT_LEVEL
-                delta = codecs.compress_delta(raw, base_data, level, base_id=base_id)
-                if len(delta) * GOOD_DELTA_RATIO <= len(raw):
-                    return CODEC_ZSTD_DELTA, delta, base_id, base_data
-                codec, payload, dict_id = self._plain(kind, raw)
-                if len(delta) < len(payload):
-                    return CODEC_ZSTD_DELTA, delta, base_id, base_data
-                return codec, payload, dict_id, None
+            return self._delta_base(kind, base)
+        return None
+
+    def _compress(
+        self, kind: int, raw: bytes, found: tuple[bytes, bytes] | None
+    ) -> tuple[int, bytes, bytes | None, bytes | None]:
+        if found is not None:
+            base_id, base_data = found
+            level = TREE_DELTA_LEVEL if kind != KIND_DATA else codecs.DEFAULT_LEVEL
+            delta = codecs.compress_delta(raw, base_data, level, base_id=base_id)
+            if len(delta) * GOOD_DELTA_RATIO <= len(raw):
+                return CODEC_ZSTD_DELTA, delta, base_id, base_data
+            codec, payload, dict_id = self._plain(kind, raw)
+            if len(delta) < len(payload):
+                return CODEC_ZSTD_DELTA, delta, base_id, base_data
+            return codec, payload, dict_id, None
         return (*self._plain(kind, raw), None)
 
     def _plain(self, kind: int, raw: bytes) -> tuple[int, bytes, bytes | None]:
@@ -1370,6 +1393,7 @@ class ObjectWriter:
         compressed with it, and a commit waits for it as for them."""
         with self._lock:
             if self._behind is not None:
+                self._hand_over()  # objects put before it are compressed without it
                 self._inflight.append(self._behind.submit(self.store.install_dictionary, samples))
                 return True
         return self.store.install_dictionary(samples)
@@ -1407,7 +1431,7 @@ class ObjectWriter:
         with self._lock:
             p = self._pending_by_id.get(base)
         if p is not None:
-            if p.kind != kind:
+            if p.kind != kind or p.codec is None:  # None: the helper has not compressed it
                 return None
             if p.codec != CODEC_ZSTD_DELTA:
                 return base, p.raw
