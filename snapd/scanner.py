@@ -434,8 +434,12 @@ class Scanner:
                 return
         finally:
             chain.pop()
-        # The listing did not hold after all: forget what this pass queued below here (the
-        # listing redoes it) and list the directory.
+        # The listing did not hold after all: forget what this pass queued below here and
+        # list the directory. The relisting trusts the listings this pass already made of
+        # its subdirectories (their nodes hold fresh stat data), so it would not see the new
+        # files queued from them again: mark those directories racy, to be listed again.
+        for cand in candidates[mark:]:
+            cand[2].racy = True
         del candidates[mark:]
         node.racy = True
         self._relist(path, chain[-1], chain, split(path)[1], node)

@@ -484,6 +484,7 @@ class Workspace:
             with self.store.writer() as w:
                 try:
                     root_id, delta, stats = self._scan(w, hints, full=full)
+                    w.wait()  # the helper's compressed sizes count in new_bytes
                     st = stats.as_dict()
                     st["logical_bytes"], st["total_files"] = self.root.subtree_totals()
                     if self.watcher is not None:

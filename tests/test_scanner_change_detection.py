@@ -197,3 +197,40 @@ def test_hard_links_are_stored_once(ws, ws_dir, store) -> None:
         assert content(store, snap, p) == data
     assert read(ws_dir, "three.bin") == data
     assert capture(ws_dir)[b"three.bin"].size == len(data)
+
+
+def test_a_walk_that_must_relist_a_directory_keeps_the_new_files_below_it(
+    ws, ws_dir, store, monkeypatch
+) -> None:
+    """A full walk trusts `flood`'s listing (its stat is unchanged) and relists its changed
+    subdirectory X, queuing X's new file. Then a sibling is renamed away mid-walk, so `flood`'s
+    listing no longer holds and the walk lists `flood` after all. X now carries the fresh stat
+    of the listing just made: that relisting must not trust it and lose X's new file (a stress
+    test of the daemon once missed five new files this way)."""
+    if not ws.trust_dir_mtime:
+        pytest.skip("directory listings are not trusted on this file system")
+    write(ws_dir, "flood/a/old", "1")
+    write(ws_dir, "flood/b/old", "1")
+    ws.snapshot()
+    write(ws_dir, "flood/a/new", "new in a")
+    write(ws_dir, "flood/b/new", "new in b")
+    real = scanner.Scanner._list
+    listed: list[bytes] = []
+
+    def rename_the_sibling(self, fd, parent, chain, name, path, old):
+        node = real(self, fd, parent, chain, name, path, old)
+        if not listed and path in (b"flood/a", b"flood/b"):
+            listed.append(path)
+            other = "b" if path == b"flood/a" else "a"
+            os.rename(
+                os.path.join(ws_dir, "flood", other), os.path.join(ws_dir, "flood", other + "2")
+            )
+        return node
+
+    monkeypatch.setattr(scanner.Scanner, "_list", rename_the_sibling)
+    snap = ws.snapshot()
+    monkeypatch.undo()
+    assert listed, "the walk did not relist a or b"
+    kept = os.fsdecode(listed[0])
+    assert content(store, snap, kept + "/new") == read(ws_dir, kept + "/new")
+    assert content(store, ws.snapshot(), kept + "/new") == read(ws_dir, kept + "/new")

@@ -217,3 +217,20 @@ def test_the_dictionary_is_trained_on_the_helper_and_used_for_small_files(
         assert verify(again).ok
     finally:
         again.close()
+
+
+def test_a_snapshot_counts_the_bytes_its_helper_stored(open_ws, ws_dir, monkeypatch) -> None:
+    """new_bytes in a snapshot's stats includes what the helper was still compressing when
+    the walk ended (the helper is slowed down here to make that certain)."""
+    import time
+
+    real = ObjectWriter._compress_batch
+
+    def slow(self, batch):
+        time.sleep(0.2)
+        return real(self, batch)
+
+    monkeypatch.setattr(ObjectWriter, "_compress_batch", slow)
+    treeutil.write(ws_dir, "random.bin", os.urandom(300_000))  # incompressible: stored raw
+    snap = open_ws(ws_dir).snapshot()
+    assert snap.stats["new_objects"] >= 2 and snap.stats["new_bytes"] >= 300_000

@@ -1291,6 +1291,12 @@ class ObjectWriter:
         with self._lock:
             self._hand_over()
 
+    def wait(self) -> None:
+        """Wait until the objects handed to the helper are compressed (new_bytes is then
+        complete); the commit does this itself."""
+        if self._batch or self._inflight:
+            self._drain()
+
     def _stop_behind(self) -> None:
         """At the writer's close: objects still queued are dropped, running batches end."""
         with self._lock:
