@@ -34,7 +34,7 @@ from .restore import Applier, Change, Planner, RestoreStats, parse_paths, verify
 from .scanner import Scanner, ScanStats, encode_dirty
 from .store.catalog import SnapshotRecord
 from .store.store import IndexDelta, NewSnapshot, Retention, Store
-from .watcher import TreeWatcher
+from .watcher import DirtySet, TreeWatcher
 
 log = logging.getLogger("snapd.workspace")
 
@@ -219,6 +219,8 @@ class Workspace:
         self._ignore_bytes: bytes | None = None
         self._pending_full = False
         self._walk_due = False  # a failed operation: the next scan walks everything
+        self._taken: DirtySet | None = None  # see _scan
+        self._caller_hints = False
         self.excludes = Excludes(list(settings.exclude))
         self._refresh_excludes()
         self.root: DirNode = DirNode()
@@ -302,12 +304,21 @@ class Workspace:
                 if self._compress_helper is not None:
                     self._compress_helper.shutdown(wait=True)
 
-    def _reload_index(self) -> None:
-        """After a failed operation: back to the index as last committed. What the watcher
-        reported for the operation was taken and is gone (and a failed restore may have
-        changed files), so the next scan walks the whole tree."""
+    def _reload_index(self, *, wrote_files: bool = False) -> None:
+        """After a failed operation: back to the index as last committed, and make sure the
+        next scan finds again what the failed one had found. The watcher's paths it took go
+        back to the watcher. Paths a caller gave as hints cannot be given back, and a failed
+        restore or fork may have changed files: then the next scan walks the whole tree."""
         self._load_index()
-        self._walk_due = True
+        taken, self._taken = self._taken, None
+        if taken is not None and self.watcher is not None:
+            self.watcher.put_back(taken)
+        if wrote_files or self._caller_hints:
+            self._walk_due = True
+        # The entries to re-check on every hinted scan, as the committed index has them.
+        self._racy_paths = {
+            p for p, n in idx.walk(self.root) if n.__class__ is idx.FileNode and n.racy
+        }
 
     def _check_open(self) -> None:
         if self.closed:
@@ -373,21 +384,18 @@ class Workspace:
         full=True always walks (it catches what no watcher sees, e.g. writes through a hard
         link from outside the workspace or through a shared mmap).
         """
-        taken = None
+        # Until the operation commits, what it took from the watcher (given back on failure by
+        # _reload_index, which every caller runs then) and whether a caller chose the paths.
+        self._taken, self._caller_hints = None, hints is not None and not full
         watcher = self.watcher
         if hints is None and watcher is not None and watcher.ready.is_set():
             watcher.barrier()
-            taken = watcher.take()
+            self._taken = taken = watcher.take()
             if not taken.full and not full:
                 hints = Hints(taken.paths, taken.subtrees)
         if full:
             hints = None
-        try:
-            return self._scan_hinted(sink, hints)
-        except BaseException:
-            if taken is not None:
-                watcher.put_back(taken)
-            raise
+        return self._scan_hinted(sink, hints)
 
     def _scan_hinted(self, sink, hints: Hints | None) -> tuple[bytes, IndexDelta, ScanStats]:
         behind = getattr(sink, "compress_behind", None)
@@ -622,7 +630,7 @@ class Workspace:
                         protect={target.id},  # the safety snapshot may push it out
                     )
                 except BaseException:
-                    self._reload_index()
+                    self._reload_index(wrote_files=True)
                     raise
             if scope is None:
                 self.current_snapshot = target.id
@@ -740,7 +748,7 @@ def fork(
                     retention=ws.settings.retention(),
                 )
             except BaseException:
-                ws._reload_index()
+                ws._reload_index(wrote_files=True)
                 raise
         ws._replace_index = False
         assert rec is not None

@@ -234,3 +234,34 @@ def test_a_snapshot_counts_the_bytes_its_helper_stored(open_ws, ws_dir, monkeypa
     treeutil.write(ws_dir, "random.bin", os.urandom(300_000))  # incompressible: stored raw
     snap = open_ws(ws_dir).snapshot()
     assert snap.stats["new_objects"] >= 2 and snap.stats["new_bytes"] >= 300_000
+
+
+def test_after_a_failure_on_the_helper_the_writer_refuses_everything(store, monkeypatch) -> None:
+    """A failed batch fails the writer for good: a later put, flush or commit raises the same
+    error, and no object without its payload ever reaches a pack (even when the caller goes on
+    after the first error, as a scan does with per-file errors)."""
+    real = ObjectWriter._compress_batch
+    calls: list[int] = []
+
+    def fail_first(self, batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error (injected)")
+        return real(self, batch)
+
+    monkeypatch.setattr(ObjectWriter, "_compress_batch", fail_first)
+    monkeypatch.setattr(store_mod, "BEHIND_BATCH_OBJECTS", 4)
+    datas = _contents(40, seed=41)
+    packs_before = store.query("SELECT count(*), coalesce(sum(size), 0) FROM packs")
+    with store.writer() as w:
+        w.compress_behind()
+        for d in datas[:8]:  # two batches handed over; the first fails on the helper
+            w.put(KIND_DATA, d)
+        with pytest.raises(OSError, match="injected"):
+            w.flush()
+        for call in (lambda: w.put(KIND_DATA, datas[20]), w.flush, w.wait):
+            with pytest.raises(OSError, match="injected"):
+                call()
+    assert not _helpers()
+    assert store.query("SELECT count(*), coalesce(sum(size), 0) FROM packs") == packs_before
+    assert store.query("SELECT count(*) FROM objects") == [(0,)]

@@ -669,7 +669,7 @@ def test_snapshot_after_a_restore_with_conflicts(open_ws, ws_dir, watch) -> None
 @pytest.mark.parametrize("fail_in", ["commit", "helper"])
 def test_a_failed_snapshot_forgets_nothing_the_watcher_reported(wws, monkeypatch, fail_in) -> None:
     """The failed snapshot took the watcher's dirty set; the index goes back to the last commit.
-    The next snapshot must still find the changes that set held (here: a full walk)."""
+    The next snapshot must still find the changes that set held."""
     from snapd.store.store import ObjectWriter, Store
 
     _write(os.path.join(wws.path, "changed"), b"before")
@@ -693,8 +693,9 @@ def test_a_failed_snapshot_forgets_nothing_the_watcher_reported(wws, monkeypatch
     monkeypatch.setattr(Store, "_commit", real_commit)
     monkeypatch.setattr(ObjectWriter, "_compress_batch", real_batch)
     rec = snap_exact(wws, "after the failed snapshot")
-    assert rec.stats["scan"] == "full"
-    assert snap_exact(wws, "and the one after").stats["scan"] == "hinted"
+    # The failed call's paths went back to the watcher: no need to walk the whole tree.
+    assert rec.stats["scan"] == "hinted"
+    assert rec.stats["read_files"] == 2
 
 
 def test_a_restore_that_fails_halfway_leaves_the_next_snapshot_exact(wws, monkeypatch) -> None:
@@ -725,3 +726,28 @@ def test_a_restore_that_fails_halfway_leaves_the_next_snapshot_exact(wws, monkey
     on_disk = {os.path.getsize(os.path.join(wws.path, f"f{i:02d}")) for i in range(20)}
     assert len(on_disk) > 1  # really half restored
     snap_exact(wws, "after the failed restore")
+
+
+def test_a_failed_snapshot_with_caller_hints_makes_the_next_scan_walk(open_ws, ws_dir) -> None:
+    """Paths a caller named cannot be given back after a failure: the next scan walks."""
+    from snapd.store.store import Store
+    from snapd.workspace import Hints
+
+    ws = open_ws(ws_dir, watch=False)
+    _write(os.path.join(ws_dir, "f"), b"one")
+    ws.snapshot()
+    _write(os.path.join(ws_dir, "f"), b"two, longer")
+    real = Store._commit
+
+    def failing(self, *a, **kw):
+        raise OSError(28, "No space left on device (injected)")
+
+    Store._commit = failing
+    try:
+        with pytest.raises(OSError, match="injected"):
+            ws.snapshot(hints=Hints({b"f"}, set()))
+    finally:
+        Store._commit = real
+    rec = ws.snapshot(hints=Hints(set(), set()))  # names nothing: only a walk finds f
+    assert rec.stats["scan"] == "full"
+    assert_exact(ws, rec, "after the failed hinted snapshot")

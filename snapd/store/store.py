@@ -1193,6 +1193,8 @@ class ObjectWriter:
         self._batch: list[tuple[_Pending, tuple[bytes, bytes] | None]] = []
         self._batch_raw = 0
         self._inflight: list[Future] = []
+        self._drain_lock = threading.Lock()  # one drain at a time: the others wait for it
+        self._failed: BaseException | None = None  # what a drain hit (see _drain)
         self.new_objects = 0
         self.new_bytes = 0  # stored (compressed) bytes written
         self.reused = 0
@@ -1246,6 +1248,8 @@ class ObjectWriter:
                     raise _collision(oid)
                 self.reused += 1
                 return oid
+        if self._failed is not None:
+            raise self._failed
         if self._behind is not None and kind == KIND_DATA and not children:
             return self._put_behind(oid, raw, repair, self._base_for(kind, raw, base, oid))
         codec, payload, base_id, base_raw = self._encode(kind, raw, base, oid)
@@ -1294,8 +1298,7 @@ class ObjectWriter:
     def wait(self) -> None:
         """Wait until the objects handed to the helper are compressed (new_bytes is then
         complete); the commit does this itself."""
-        if self._batch or self._inflight:
-            self._drain()
+        self._drain()
 
     def _stop_behind(self) -> None:
         """At the writer's close: objects still queued are dropped, running batches end."""
@@ -1344,14 +1347,28 @@ class ObjectWriter:
             self.new_bytes += stored
 
     def _drain(self) -> None:
-        """Wait until every object handed to the helper thread has its payload."""
-        with self._lock:
-            batch, self._batch, self._batch_raw = self._batch, [], 0
-            inflight, self._inflight = self._inflight, []
-        if batch:
-            self._compress_batch(batch)  # the tail: here rather than wait for a hand-off
-        for f in inflight:
-            f.result()  # re-raises what the helper hit
+        """Wait until every object handed to the helper thread has its payload. A failure
+        (here or on the helper) fails this writer for good: its objects without a payload
+        must never reach a pack, so every later put, flush and commit raises it again."""
+        with self._drain_lock:
+            if self._failed is not None:
+                raise self._failed
+            with self._lock:
+                batch, self._batch, self._batch_raw = self._batch, [], 0
+                inflight, self._inflight = self._inflight, []
+            error: BaseException | None = None
+            if batch:
+                try:
+                    self._compress_batch(batch)  # the tail: here, not after a hand-off
+                except BaseException as e:
+                    error = e
+            futures_wait(inflight)  # all of them, even after a failure: none may run on
+            for f in inflight:
+                if error is None and not f.cancelled() and f.exception() is not None:
+                    error = f.exception()
+            if error is not None:
+                self._failed = error
+                raise error
 
     def _encode(
         self, kind: int, raw: bytes, base: bytes | None, oid: bytes
@@ -1468,8 +1485,7 @@ class ObjectWriter:
 
     def _take_pending(self) -> list[_Pending]:
         while True:
-            if self._batch or self._inflight:
-                self._drain()  # every object taken must have its payload
+            self._drain()  # every object taken must have its payload
             with self._lock:
                 if self._batch or self._inflight:
                     continue  # another thread handed more over meanwhile
@@ -1477,7 +1493,13 @@ class ObjectWriter:
                 self._pending = []
                 self._pending_by_id = {}
                 self._pending_raw = 0
-                return out
+            if any(item.codec is None for item in out):  # another thread is draining
+                with self._lock:
+                    self._pending[:0] = out
+                    self._pending_by_id.update((item.oid, item) for item in out)
+                    self._pending_raw += sum(len(item.raw) for item in out)
+                continue
+            return out
 
     def flush(self) -> None:
         self.store._flush(self)
