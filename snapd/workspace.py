@@ -232,8 +232,8 @@ class Workspace:
         self.last_stats: dict = {}
         self._racy_paths: set[bytes] = set()
         self.watcher: TreeWatcher | None = None
-        # Compresses what snapshots read while they go on (ObjectWriter.compress_behind): one
-        # thread per workspace, so no workspace's first snapshot delays another's commits.
+        # Compresses what large ingests read while they read on (ObjectWriter.compress_behind):
+        # one thread per workspace, so one workspace's first snapshot delays no other's commits.
         self._compress_helper: ThreadPoolExecutor | None = None
         # Set once the watcher is ready and the walk that follows is done (or failed): from
         # then on snapshots use the watcher's events. Set at once without a watcher.
@@ -303,6 +303,14 @@ class Workspace:
                 os.close(self.rootfd)
                 if self._compress_helper is not None:
                     self._compress_helper.shutdown(wait=True)
+
+    def _helper(self) -> ThreadPoolExecutor:
+        """This workspace's compression helper thread (started by its first large ingest)."""
+        if self._compress_helper is None:
+            self._compress_helper = ThreadPoolExecutor(
+                1, thread_name_prefix=f"snapd-compress-{self.id}"
+            )
+        return self._compress_helper
 
     def _reload_index(self, *, wrote_files: bool = False) -> None:
         """After a failed operation: back to the index as last committed, and make sure the
@@ -398,13 +406,6 @@ class Workspace:
         return self._scan_hinted(sink, hints)
 
     def _scan_hinted(self, sink, hints: Hints | None) -> tuple[bytes, IndexDelta, ScanStats]:
-        behind = getattr(sink, "compress_behind", None)
-        if behind is not None:
-            if self._compress_helper is None:
-                self._compress_helper = ThreadPoolExecutor(
-                    1, thread_name_prefix=f"snapd-compress-{self.id}"
-                )
-            behind(self._compress_helper)
         excludes_changed = self._refresh_excludes()
         if excludes_changed and self.watcher is not None:
             self.watcher.rewatch()
@@ -424,6 +425,7 @@ class Workspace:
             links=self.links,
             # New exclude rules may un-exclude names no listing recorded: list everything.
             trust_dir_mtime=self.trust_dir_mtime and not excludes_changed,
+            compress_helper=self._helper,
         )
         if full:
             scanner.full()
@@ -441,6 +443,7 @@ class Workspace:
                 self.excludes,
                 sink,
                 fine_timestamps=self.fine_timestamps,
+                compress_helper=self._helper,
             )
             again.full()
             self.links = again.found_links
