@@ -1277,11 +1277,11 @@ class ObjectWriter:
     def compress_behind(self, helper: Executor | None = None) -> None:
         """Compress new data objects on a helper thread from now on, until the commit.
 
-        The caller reads and hashes the next files, and encodes its trees, while the helper
+        For a large ingest: the caller reads and hashes the next files while the helper
         compresses the files read so far (zstd releases the GIL, so the two overlap on 2
         cores). `helper`: a single-thread executor to use (a workspace keeps one, so a
         snapshot starts no thread); by default the writer starts its own. Every flush and
-        the commit wait for the objects handed over; an error there fails them.
+        the commit wait for the objects handed over; an error there fails the writer.
         """
         if self._behind is not None:
             return
