@@ -1251,7 +1251,9 @@ class ObjectWriter:
         if self._failed is not None:
             raise self._failed
         if self._behind is not None and kind == KIND_DATA and not children:
-            return self._put_behind(oid, raw, repair, self._base_for(kind, raw, base, oid))
+            # The helper compresses it; codec None until then (_delta_base will not use it).
+            item = _Pending(oid, KIND_DATA, None, raw, b"", None, [], repair)
+            return self._queue(item, True, self._base_for(kind, raw, base, oid))
         codec, payload, base_id, base_raw = self._encode(kind, raw, base, oid)
         edges = children or []
         if base_raw is not None and edges:
@@ -1259,20 +1261,34 @@ class ObjectWriter:
             edges = delta_edges(edges, store._base_refs(kind, base_id, base_raw))
         elif kind in (KIND_TREE, KIND_CHUNKLIST) and codec != CODEC_ZSTD_DELTA:
             store._remember_base(oid, raw)  # the likely base of this directory's next version
-        item = _Pending(oid, kind, codec, raw, payload, base_id, edges, repair)
+        return self._queue(_Pending(oid, kind, codec, raw, payload, base_id, edges, repair))
+
+    def _queue(
+        self, item: _Pending, behind: bool = False, found: tuple[bytes, bytes] | None = None
+    ) -> bytes:
+        """Add a new object to what the commit writes (behind: and to the helper's next batch,
+        with the base found for it); flush once enough is buffered."""
         with self._lock:
-            if oid in self._pending_by_id:
+            if item.oid in self._pending_by_id:
                 self.reused += 1
-                return oid
+                return item.oid
             self._pending.append(item)
-            self._pending_by_id[oid] = item
-            self._pending_raw += len(raw)
+            self._pending_by_id[item.oid] = item
+            self._pending_raw += len(item.raw)
             self.new_objects += 1
-            self.new_bytes += len(payload)
+            self.new_bytes += len(item.payload)  # behind: counted by the helper
             full = self._pending_raw >= FLUSH_RAW_BYTES or len(self._pending) >= FLUSH_OBJECTS
+            if behind:
+                self._batch.append((item, found))
+                self._batch_raw += len(item.raw)
+                if (
+                    self._batch_raw >= BEHIND_BATCH_BYTES
+                    or len(self._batch) >= BEHIND_BATCH_OBJECTS
+                ):
+                    self._hand_over()
         if full:
-            store._flush(self)
-        return oid
+            self.store._flush(self)
+        return item.oid
 
     def compress_behind(self, helper: Executor | None = None) -> None:
         """Compress new data objects on a helper thread from now on, until the commit.
@@ -1311,26 +1327,6 @@ class ObjectWriter:
         if self._own_helper is not None:
             self._own_helper.shutdown(wait=True)
             self._own_helper = None
-
-    def _put_behind(self, oid: bytes, raw: bytes, repair: bool, found) -> bytes:
-        # codec None until the helper has compressed it (_delta_base will not use it as a base).
-        item = _Pending(oid, KIND_DATA, None, raw, b"", None, [], repair)
-        with self._lock:
-            if oid in self._pending_by_id:
-                self.reused += 1
-                return oid
-            self._pending.append(item)
-            self._pending_by_id[oid] = item
-            self._pending_raw += len(raw)
-            self.new_objects += 1
-            full = self._pending_raw >= FLUSH_RAW_BYTES or len(self._pending) >= FLUSH_OBJECTS
-            self._batch.append((item, found))
-            self._batch_raw += len(raw)
-            if self._batch_raw >= BEHIND_BATCH_BYTES or len(self._batch) >= BEHIND_BATCH_OBJECTS:
-                self._hand_over()
-        if full:
-            self.store._flush(self)
-        return oid
 
     def _hand_over(self) -> None:
         """Give the batch being filled to the helper thread (caller holds self._lock)."""
