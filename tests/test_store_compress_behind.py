@@ -1,7 +1,6 @@
-"""Background compression (ObjectWriter.compress_behind): a snapshot compresses what it read
-on a helper thread while it reads the next files and encodes its trees. Every object must
-still be stored with its real payload, exactly once, whatever thread put it and whenever the
-writer flushes.
+"""Background compression (ObjectWriter.compress_behind): a large ingest compresses what it
+read on a helper thread while it reads the next files. Every object must still be stored with
+its real payload, exactly once, whatever thread put it and whenever the writer flushes.
 """
 
 from __future__ import annotations
@@ -9,6 +8,8 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import crashloop_child
 import pytest
@@ -27,10 +28,23 @@ def _contents(n: int, seed: int = 7) -> list[bytes]:
 
 
 def _helpers() -> list[threading.Thread]:
+    """Workspace helper threads still running."""
     return [t for t in threading.enumerate() if t.name.startswith("snapd-compress")]
 
 
-def test_objects_compressed_behind_are_stored_exactly(store, tmp_path, monkeypatch) -> None:
+@pytest.fixture
+def helper():
+    pool = ThreadPoolExecutor(1, thread_name_prefix="test-compress")
+    yield pool
+    pool.shutdown(wait=True)
+
+
+def _idle(w: ObjectWriter, helper: ThreadPoolExecutor) -> bool:
+    """The writer has nothing in flight and the helper is free to run new work at once."""
+    return not w._inflight and not w._batch and helper.submit(lambda: True).result(timeout=5)
+
+
+def test_objects_compressed_behind_are_stored_exactly(store, tmp_path, monkeypatch, helper) -> None:
     # Small flush thresholds: the writer flushes to the packs several times mid-ingest.
     monkeypatch.setattr(store_mod, "FLUSH_OBJECTS", 50)
     monkeypatch.setattr(store_mod, "BEHIND_BATCH_OBJECTS", 7)
@@ -38,13 +52,13 @@ def test_objects_compressed_behind_are_stored_exactly(store, tmp_path, monkeypat
     datas += datas[:20]  # repeats dedup against objects still being compressed
     ws_id = store.ensure_workspace(str(tmp_path / "w"), {}).id
     with store.writer() as w:
-        w.compress_behind()
+        w.compress_behind(helper)
         ids = [w.put(KIND_DATA, d) for d in datas]
         w.hand_over()
         assert w.new_objects == 300 and w.reused == 20
         stored = w.new_bytes
         w.commit(workspace_id=ws_id)
-    assert not _helpers()
+    assert _idle(w, helper)
     for oid, d in zip(ids, datas, strict=True):
         assert store.read(oid) == d
         assert store.object_info(oid).codec in (CODEC_ZSTD, CODEC_ZSTD_DICT)
@@ -52,26 +66,26 @@ def test_objects_compressed_behind_are_stored_exactly(store, tmp_path, monkeypat
     assert verify(store).ok
 
 
-def test_commit_waits_for_objects_still_being_compressed(store, tmp_path) -> None:
+def test_commit_waits_for_objects_still_being_compressed(store, tmp_path, helper) -> None:
     """The commit waits for the helper, and never writes an object without its payload."""
     datas = _contents(100, seed=3)
     ws_id = store.ensure_workspace(str(tmp_path / "w"), {}).id
     with store.writer() as w:
-        w.compress_behind()
+        w.compress_behind(helper)
         ids = [w.put(KIND_DATA, d) for d in datas]
         w.commit(workspace_id=ws_id)
-    assert not _helpers()
+    assert _idle(w, helper)
     for oid, d in zip(ids, datas, strict=True):
         assert store.object_info(oid).codec in (CODEC_ZSTD, CODEC_ZSTD_DICT)
         assert store.read(oid) == d
 
 
-def test_threads_putting_at_once_lose_nothing(store, tmp_path) -> None:
+def test_threads_putting_at_once_lose_nothing(store, tmp_path, helper) -> None:
     datas = _contents(400, seed=11)
     ws_id = store.ensure_workspace(str(tmp_path / "w"), {}).id
     ids: dict[int, bytes] = {}
     with store.writer() as w:
-        w.compress_behind()
+        w.compress_behind(helper)
 
         def put(k: int) -> None:
             for i in range(k, len(datas), 4):
@@ -88,7 +102,7 @@ def test_threads_putting_at_once_lose_nothing(store, tmp_path) -> None:
 
 
 def test_a_failure_on_the_helper_fails_the_commit_and_stores_nothing(
-    store, tmp_path, monkeypatch
+    store, tmp_path, monkeypatch, helper
 ) -> None:
     datas = _contents(80, seed=5)
     poison = datas[40]
@@ -102,19 +116,34 @@ def test_a_failure_on_the_helper_fails_the_commit_and_stores_nothing(
     monkeypatch.setattr(ObjectWriter, "_plain", failing)
     ws_id = store.ensure_workspace(str(tmp_path / "w"), {}).id
     with pytest.raises(MemoryError, match="injected"), store.writer() as w:
-        w.compress_behind()
+        w.compress_behind(helper)
         ids = [w.put(KIND_DATA, d) for d in datas]
         w.commit(workspace_id=ws_id)
-    assert not _helpers()
+    assert _idle(w, helper)
     assert store.object_infos(ids) == {}  # nothing of the failed commit reached the catalog
     assert verify(store).ok
 
 
-def test_a_writer_dropped_without_commit_leaves_no_helper(store) -> None:
+def test_a_writer_dropped_without_commit_leaves_nothing_running(store, helper, monkeypatch) -> None:
+    """Batches still queued when the writer is dropped are cancelled, the running one ends
+    before the writer lets go of the store, and nothing is stored."""
+    real = ObjectWriter._compress_batch
+    done: list[int] = []
+
+    def slow(self, batch):
+        time.sleep(0.05)
+        real(self, batch)
+        done.append(len(batch))
+
+    monkeypatch.setattr(ObjectWriter, "_compress_batch", slow)
     with store.writer() as w:
-        w.compress_behind()
-        ids = [w.put(KIND_DATA, d) for d in _contents(200, seed=9)]
-    assert not _helpers()
+        w.compress_behind(helper)
+        ids = [w.put(KIND_DATA, d) for d in _contents(400, seed=9)]  # 6 batches handed over
+    finished = len(done)
+    assert finished < 6  # the queued ones were cancelled
+    assert _idle(w, helper)
+    time.sleep(0.2)
+    assert len(done) == finished  # and none ran later
     assert store.object_infos(ids) == {}
 
 
@@ -160,7 +189,7 @@ def test_snapshots_compress_behind_on_the_workspace_helper_and_restore_exactly(
     assert not _helpers()
 
 
-def test_an_object_still_being_compressed_is_no_delta_base(store) -> None:
+def test_an_object_still_being_compressed_is_no_delta_base(store, helper) -> None:
     """Whether it ends up a delta is not known yet, and a delta's base must be a full object
     (chains are one deep): a later version of it is compressed without it."""
     gate = threading.Event()
@@ -171,7 +200,7 @@ def test_an_object_still_being_compressed_is_no_delta_base(store) -> None:
         return real(self, kind, raw, found)
 
     with store.writer() as w:
-        w.compress_behind()
+        w.compress_behind(helper)
         w._compress = slow.__get__(w)
         first = w.put(KIND_DATA, b"version one " * 100)
         w.hand_over()
@@ -239,7 +268,9 @@ def test_a_snapshot_counts_the_bytes_its_helper_stored(open_ws, ws_dir, monkeypa
     assert snap.stats["new_objects"] >= 72 and snap.stats["new_bytes"] >= 300_000
 
 
-def test_after_a_failure_on_the_helper_the_writer_refuses_everything(store, monkeypatch) -> None:
+def test_after_a_failure_on_the_helper_the_writer_refuses_everything(
+    store, monkeypatch, helper
+) -> None:
     """A failed batch fails the writer for good: a later put, flush or commit raises the same
     error, and no object without its payload ever reaches a pack (even when the caller goes on
     after the first error, as a scan does with per-file errors)."""
@@ -257,7 +288,7 @@ def test_after_a_failure_on_the_helper_the_writer_refuses_everything(store, monk
     datas = _contents(40, seed=41)
     packs_before = store.query("SELECT count(*), coalesce(sum(size), 0) FROM packs")
     with store.writer() as w:
-        w.compress_behind()
+        w.compress_behind(helper)
         for d in datas[:8]:  # two batches handed over; the first fails on the helper
             w.put(KIND_DATA, d)
         with pytest.raises(OSError, match="injected"):
@@ -265,6 +296,6 @@ def test_after_a_failure_on_the_helper_the_writer_refuses_everything(store, monk
         for call in (lambda: w.put(KIND_DATA, datas[20]), w.flush, w.wait):
             with pytest.raises(OSError, match="injected"):
                 call()
-    assert not _helpers()
+    assert _idle(w, helper)
     assert store.query("SELECT count(*), coalesce(sum(size), 0) FROM packs") == packs_before
     assert store.query("SELECT count(*) FROM objects") == [(0,)]

@@ -29,7 +29,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 
@@ -1189,11 +1189,11 @@ class ObjectWriter:
         self._base_infos: dict[bytes, ObjectInfo] = {}
         # compress_behind: a helper thread, the batch being filled, the batches handed over.
         self._behind: Executor | None = None
-        self._own_helper: ThreadPoolExecutor | None = None
         self._batch: list[tuple[_Pending, tuple[bytes, bytes] | None]] = []
         self._batch_raw = 0
         self._inflight: list[Future] = []
-        self._drain_lock = threading.Lock()  # one drain at a time: the others wait for it
+        # One drain at a time (the others wait for it); _take_pending holds it to the take.
+        self._drain_lock = threading.RLock()
         self._failed: BaseException | None = None  # what a drain hit (see _drain)
         self.new_objects = 0
         self.new_bytes = 0  # stored (compressed) bytes written
@@ -1290,20 +1290,17 @@ class ObjectWriter:
             self.store._flush(self)
         return item.oid
 
-    def compress_behind(self, helper: Executor | None = None) -> None:
-        """Compress new data objects on a helper thread from now on, until the commit.
+    def compress_behind(self, helper: Executor) -> None:
+        """Compress new data objects on `helper` (a single-thread executor; a workspace keeps
+        one) from now on, until the commit.
 
         For a large ingest: the caller reads and hashes the next files while the helper
         compresses the files read so far (zstd releases the GIL, so the two overlap on 2
-        cores). `helper`: a single-thread executor to use (a workspace keeps one, so a
-        snapshot starts no thread); by default the writer starts its own. Every flush and
-        the commit wait for the objects handed over; an error there fails the writer.
+        cores). Every flush and the commit wait for the objects handed over; an error there
+        fails the writer.
         """
-        if self._behind is not None:
-            return
-        if helper is None:
-            helper = self._own_helper = ThreadPoolExecutor(1, thread_name_prefix="snapd-compress")
-        self._behind = helper
+        if self._behind is None:
+            self._behind = helper
 
     def hand_over(self) -> None:
         """Hand the objects waiting for a full batch to the helper now (the caller is done
@@ -1324,9 +1321,6 @@ class ObjectWriter:
         for f in inflight:
             f.cancel()
         futures_wait(inflight)
-        if self._own_helper is not None:
-            self._own_helper.shutdown(wait=True)
-            self._own_helper = None
 
     def _hand_over(self) -> None:
         """Give the batch being filled to the helper thread (caller holds self._lock)."""
@@ -1480,22 +1474,19 @@ class ObjectWriter:
         return info.id, raw
 
     def _take_pending(self) -> list[_Pending]:
-        while True:
-            self._drain()  # every object taken must have its payload
-            with self._lock:
-                if self._batch or self._inflight:
-                    continue  # another thread handed more over meanwhile
-                out = self._pending
-                self._pending = []
-                self._pending_by_id = {}
-                self._pending_raw = 0
-            if any(item.codec is None for item in out):  # another thread is draining
+        # Under the drain lock no other thread can take batches off the in-flight list, so once
+        # both are empty every pending object has its payload.
+        with self._drain_lock:
+            while True:
+                self._drain()
                 with self._lock:
-                    self._pending[:0] = out
-                    self._pending_by_id.update((item.oid, item) for item in out)
-                    self._pending_raw += sum(len(item.raw) for item in out)
-                continue
-            return out
+                    if self._batch or self._inflight:
+                        continue  # another thread handed more over meanwhile
+                    out = self._pending
+                    self._pending = []
+                    self._pending_by_id = {}
+                    self._pending_raw = 0
+                    return out
 
     def flush(self) -> None:
         self.store._flush(self)
