@@ -283,6 +283,12 @@ class TreeWatcher:
         # Re-add watches off the inotify thread so it keeps draining the queue.
         self.rewatch()
 
+    def on_events_lost(self) -> None:
+        # watchdog >= 7.1.1 calls this after every callback's on_queue_overflow; without it
+        # its dispatcher thread raised AttributeError and the whole instance stopped. The loss
+        # is already handled by on_queue_overflow above.
+        pass
+
     def _rewatch_all(self) -> None:
         # One thread serves every request: requests made during a walk get one more walk.
         while True:

@@ -84,6 +84,17 @@ def _needs_queue_sysctl() -> None:
         pytest.skip(reason)
 
 
+def test_the_watcher_implements_watchdogs_whole_callback_protocol() -> None:
+    """InotifyFD calls every method of its WatchCallback protocol on its own threads; one we
+    lack raises there and stops the instance (watchdog 7.1.1 added on_events_lost)."""
+    from watchdog.observers.inotify_c import WatchCallback
+
+    wanted = {n for n in vars(WatchCallback) if n.startswith("on_")}
+    assert wanted >= {"on_event", "on_watch_deleted", "on_queue_overflow"}
+    missing = {n for n in wanted if not callable(getattr(TreeWatcher, n, None))}
+    assert not missing, f"TreeWatcher lacks {sorted(missing)} of watchdog's WatchCallback"
+
+
 # --- queue overflow ---------------------------------------------------------------------------
 def test_kernel_queue_overflow_reaches_the_watcher(wws) -> None:
     _needs_queue_sysctl()
@@ -294,10 +305,12 @@ def test_thread_killed_by_an_exception_is_replaced_and_closed(wws) -> None:
     old = watcher._fd
     fds_before = _inotify_fds()
 
-    def broken_read_events(*a, **kw):
+    def broken_read(*a, **kw):
         raise RuntimeError("simulated failure in the inotify reader")
 
-    old.read_events = broken_read_events  # takes effect at the reader's next loop
+    # The one read call of every watchdog 7.1.x reader loop (7.1.1 no longer calls
+    # read_events); takes effect at the reader's next loop.
+    old._read_event_buffer = broken_read
     _write(os.path.join(wws.path, "d0", "wake-the-reader"))
     old.join(10)
     assert not old.is_alive()
