@@ -290,7 +290,7 @@ def run(store_dir: str, ws_dir: str, log_dir: str, seed: int, iterations: int | 
     ws = Workspace.open(
         store, ws_dir, WorkspaceSettings(keep_last=KEEP_LAST, keep_durable=KEEP_DURABLE)
     )
-    print(f"ready {os.getpid()}", flush=True)
+    say(f"ready {os.getpid()}")
 
     def check_snapshot(snap_id: str, root_tree: bytes, manifest: Manifest, i: int) -> None:
         """Log a snapshot whose trees differ from the tree it was taken of (an engine bug,
@@ -373,6 +373,14 @@ def run(store_dir: str, ws_dir: str, log_dir: str, seed: int, iterations: int | 
     store.close()
 
 
+def say(line: str) -> None:
+    """One protocol line in one write(): the zygote and its child share the stdout pipe, and
+    print() may write a line and its newline separately (it does with PYTHONUNBUFFERED=1), so
+    a child's "ready" could land between them. A pipe write under PIPE_BUF is atomic."""
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), f"{line}\n".encode())
+
+
 def zygote(args: argparse.Namespace) -> None:
     """Fork one child per "go <boot id> <seed>" line, report its pid and how it ended.
 
@@ -382,7 +390,7 @@ def zygote(args: argparse.Namespace) -> None:
     a second on start-up per kill. Protocol on stdout: "imported", then per child "pid N",
     "ready N" once it opened the store, and "exit N CODE" (negative: killed by that signal).
     """
-    print("imported", flush=True)
+    say("imported")
     while True:
         line = sys.stdin.readline().split()
         if not line or line[0] != "go":
@@ -403,9 +411,9 @@ def zygote(args: argparse.Namespace) -> None:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        print(f"pid {pid}", flush=True)
+        say(f"pid {pid}")
         _, status = os.waitpid(pid, 0)
-        print(f"exit {pid} {os.waitstatus_to_exitcode(status)}", flush=True)
+        say(f"exit {pid} {os.waitstatus_to_exitcode(status)}")
 
 
 def main() -> None:

@@ -165,7 +165,7 @@ def test_snapshots_compress_behind_on_the_workspace_helper_and_restore_exactly(
     for i, d in enumerate(datas):
         treeutil.write(ws_dir, f"pkg{i % 7}/mod{i}.py", d)
     treeutil.write(ws_dir, "big.bin", os.urandom(3 << 20))  # chunked: chunks go behind too
-    ws = open_ws(ws_dir)
+    ws = open_ws(ws_dir, watch=False)  # no background walk after open: snapshot() ingests
     before = treeutil.capture(ws_dir)
     first = ws.snapshot()
     assert helpers and all(h is helpers[0] and h is not None for h in helpers)
@@ -229,7 +229,7 @@ def test_the_dictionary_is_trained_on_the_helper_and_used_for_small_files(
     datas = _contents(600, seed=33)
     for i, d in enumerate(datas):
         treeutil.write(ws_dir, f"src/m{i % 20}/f{i}.py", d[:12000])
-    ws = open_ws(ws_dir)
+    ws = open_ws(ws_dir, watch=False)  # no background walk after open: snapshot() ingests
     snap = ws.snapshot()
     assert len(threads) == 1 and threads[0].startswith("snapd-compress")
     dict_id = store.dictionary()[0]
@@ -264,7 +264,7 @@ def test_a_snapshot_counts_the_bytes_its_helper_stored(open_ws, ws_dir, monkeypa
     treeutil.write(ws_dir, "random.bin", os.urandom(300_000))  # incompressible: stored raw
     for i in range(70):  # enough files for the helper to be used
         treeutil.write(ws_dir, f"small/f{i}", b"%d" % i)
-    snap = open_ws(ws_dir).snapshot()
+    snap = open_ws(ws_dir, watch=False).snapshot()  # the ingest (no background walk)
     assert snap.stats["new_objects"] >= 72 and snap.stats["new_bytes"] >= 300_000
 
 
