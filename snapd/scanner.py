@@ -358,6 +358,8 @@ class Scanner:
         lstat = os.lstat
         candidates = self._candidates
         mark = len(candidates)
+        stats = self.stats
+        counted = (stats.files, stats.dirs, stats.bytes, stats.symlinks)
         prefix = path + b"/"
         files = size = dirs = 0
         chain.append(node)
@@ -399,7 +401,7 @@ class Scanner:
                     if child.kind == ENTRY_SYMLINK:
                         if fmt != S_IFLNK:
                             break
-                        self.stats.symlinks += 1
+                        stats.symlinks += 1
                         if not _symlink_holds(child, st):
                             try:
                                 target = os.readlink(p, dir_fd=rootfd)
@@ -433,20 +435,21 @@ class Scanner:
                 else:
                     self._relist(p, node, chain, name, child)
             else:
-                stats = self.stats
                 stats.files += files
                 stats.dirs += dirs
                 stats.bytes += size
                 return
         finally:
             chain.pop()
-        # The listing did not hold after all: forget what this pass queued below here and
-        # list the directory. The relisting trusts the listings this pass already made of
-        # its subdirectories (their nodes hold fresh stat data), so it would not see the new
-        # files queued from them again: mark those directories racy, to be listed again.
+        # The listing did not hold after all: forget what this pass queued and counted below
+        # here and list the directory (the listing counts its entries again). The relisting
+        # trusts the listings this pass already made of its subdirectories (their nodes hold
+        # fresh stat data), so it would not see the new files queued from them again: mark
+        # those directories racy, to be listed again.
         for cand in candidates[mark:]:
             cand[2].racy = True
         del candidates[mark:]
+        stats.files, stats.dirs, stats.bytes, stats.symlinks = counted
         node.racy = True
         self._relist(path, chain[-1], chain, split(path)[1], node)
 

@@ -233,4 +233,6 @@ def test_a_walk_that_must_relist_a_directory_keeps_the_new_files_below_it(
     assert listed, "the walk did not relist a or b"
     kept = os.fsdecode(listed[0])
     assert content(store, snap, kept + "/new") == read(ws_dir, kept + "/new")
+    # What the abandoned pass had counted is not counted twice: 4 files in flood, a, b2.
+    assert (snap.stats["files"], snap.stats["dirs"]) == (4, 3), snap.stats
     assert content(store, ws.snapshot(), kept + "/new") == read(ws_dir, kept + "/new")
