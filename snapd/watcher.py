@@ -84,6 +84,21 @@ class DirtySet:
         self.full = self.full or other.full
 
 
+class _InotifyFD(InotifyFD):
+    """watchdog's inotify layer, without the wait it adds before handing events on.
+
+    watchdog 7.1.1 reads on one thread and handles events on another; when a read comes less
+    than 1 ms after the previous one, it polls up to 1 ms more for further events before
+    handing them on. A snapshot's sync cookie follows the step's own writes by well under a
+    millisecond, so every barrier paid that wait (median 1.9 ms against 0.3-0.5 ms with 7.1.0,
+    in process). Events are handed on as soon as they are read; the reader thread and its
+    unbounded queue stay. (7.1.0 never calls this method.)
+    """
+
+    def _coalesce_event_buffer(self, first_chunk: bytes, deadline: float) -> bytes:
+        return first_chunk
+
+
 class TreeWatcher:
     """Watches one workspace tree. Thread-safe; implements watchdog's WatchCallback protocol."""
 
@@ -129,7 +144,7 @@ class TreeWatcher:
 
     def _new_inotify(self) -> InotifyFD | None:
         try:
-            fd = InotifyFD()
+            fd = _InotifyFD()
         except OSError as e:  # EMFILE: fs.inotify.max_user_instances reached
             log.error(
                 "cannot create an inotify instance for %s (%s): every snapshot of it will scan "
