@@ -381,6 +381,19 @@ def lookup(root: DirNode, rel: bytes) -> Node | None:
     return node
 
 
+def live_changes(root: DirNode, changed: dict[bytes, Node]) -> dict[bytes, Node]:
+    """The nodes the tree now holds at the changed paths. An operation that detached a
+    directory may have recorded changes below it (a file read after its directory was replaced
+    or removed); such a path holds another node now, or none, and the persisted index must
+    describe the tree, not the detached node (its rows would outlive the directory)."""
+    out: dict[bytes, Node] = {}
+    for p in changed:
+        n = lookup(root, p)
+        if n is not None:
+            out[p] = n
+    return out
+
+
 # --- persistence --------------------------------------------------------------------------------
 # rec := u8 kind | u32 mode | i64 mtime_ns | i64 ctime_ns | u64 ino | u64 size | u8 racy | ref
 _REC = struct.Struct("<BIqqQQB")

@@ -324,6 +324,7 @@ class Applier:
         self.changed: dict[bytes, Node] = {}
         self.removed: set[bytes] = set()
         self.cleared: set[bytes] = set()
+        self.dropped_dirs = False  # a directory left the tree (see index.live_changes)
 
     def apply(self, root: DirNode, plan: _DirPlan, target_root: bytes | None) -> None:
         st = os.fstat(self.rootfd)
@@ -416,9 +417,12 @@ class Applier:
         old = parent.entries.get(name)
         if isinstance(old, DirNode) and old is not node:
             self.cleared.add(path)
+            self.dropped_dirs = True
         parent.entries[name] = node
         self.changed[path] = node
-        self.removed.discard(path)
+        if path in self.removed:  # deleted earlier in this restore: rows below it still go
+            self.removed.discard(path)
+            self.cleared.add(path)
 
     # directories
     def _apply_subdir(self, dfd: int, parent: DirNode, op: _Op) -> None:
@@ -502,6 +506,7 @@ class Applier:
                 return False
             raise
         self.stats.deleted += 1
+        self.dropped_dirs = True
         return True
 
     # files

@@ -130,6 +130,9 @@ class Scanner:
         self.changed: dict[bytes, Node] = {}  # path -> new node (files, symlinks, dirs)
         self.removed: set[bytes] = set()  # paths removed (dirs: with their subtree)
         self.cleared: set[bytes] = set()  # directories replaced by another kind of entry
+        # A directory left the tree during this pass: files queued below it may still be
+        # recorded under the detached node (see live_changes).
+        self.dropped_dirs = False
         self.errors: list[tuple[str, str]] = []
         self.ignore_file_changed = False
         # (path, name, parent, chain, old node, lstat) of files whose content must be read
@@ -191,12 +194,23 @@ class Scanner:
         old = parent.entries.get(name)
         if isinstance(old, DirNode) and old is not node:
             self.cleared.add(path)  # the old directory's persisted descendants must go
+            self.dropped_dirs = True
+            self._forget_changes_below(path)
         parent.entries[name] = node
         self.changed[path] = node
-        self.removed.discard(path)
+        if path in self.removed:  # removed earlier in this pass, back now: not a deletion,
+            self.removed.discard(path)  # but the rows below the old entry must still go
+            self.cleared.add(path)
         self._invalidate(chain)
         if path == IGNORE_FILE:
             self.ignore_file_changed = True
+
+    def _forget_changes_below(self, path: bytes) -> None:
+        """A directory left the tree: what this pass recorded below it must not be persisted
+        (the rows would outlive the directory, under a file or symlink of the same name)."""
+        prefix = path + b"/"
+        for p in [p for p in self.changed if p.startswith(prefix)]:
+            del self.changed[p]
 
     def _remove(self, parent: DirNode, chain: list[DirNode], name: bytes, path: bytes) -> None:
         old = parent.entries.pop(name, None)
@@ -205,9 +219,8 @@ class Scanner:
         self.removed.add(path)
         self.changed.pop(path, None)
         if isinstance(old, DirNode):
-            prefix = path + b"/"
-            for p in [p for p in self.changed if p.startswith(prefix)]:
-                del self.changed[p]
+            self.dropped_dirs = True
+            self._forget_changes_below(path)
             self._removed_files.extend(
                 n for _, n in walk(old) if n.__class__ is FileNode and n.kind != ENTRY_SYMLINK
             )
@@ -479,7 +492,10 @@ class Scanner:
         st = os.fstat(fd)
         child = self._dir_node(parent, chain, name, path, st, old)
         self._scan_dir(fd, path, child, chain)
-        child.racy = self._racy(st)
+        racy = self._racy(st)
+        if child.racy is not racy:
+            self.changed[path] = child  # persist the trust too: a reload must not relist it
+            child.racy = racy
         return child
 
     def _dir_node(self, parent, chain, name, path, st, old) -> DirNode:

@@ -460,6 +460,8 @@ class Workspace:
             changed.update(sc.changed)
         for p, node in dirs:
             changed[p] = node
+        if any(sc.dropped_dirs for sc in scanners):
+            changed = idx.live_changes(self.root, changed)
         if self._replace_index:
             changed = dict(idx.walk(self.root))
             changed[b""] = self.root
@@ -620,6 +622,8 @@ class Workspace:
                     head = encode_dirty(self.root, w, dirs)
                     changed = dict(applier.changed)
                     changed.update(dirs)
+                    if applier.dropped_dirs:
+                        changed = idx.live_changes(self.root, changed)
                     removed = applier.removed | applier.cleared
                     w.commit(
                         workspace_id=self.id,

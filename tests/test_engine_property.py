@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from hypothesis import given
 from hypothesis import strategies as st
+from indexutil import assert_index_persisted
 from treeutil import Capture, assert_same, capture, describe_diff, subset, without
 
 from snapd.ignore import INTERNAL_PREFIX
@@ -392,6 +393,7 @@ def _snapshot(data, s: Session, world: World, step: int):
     use_hints = world.allow_hints and data.draw(st.booleans(), label="hinted snapshot")
     hints = Hints(paths=set(world.touched), subtrees=set(world.subtrees)) if use_hints else None
     rec = s.ws.snapshot(label=f"step {step}", hints=hints)
+    assert_index_persisted(s.ws, f" after snapshot {step}")
     world.touched.clear()
     world.subtrees.clear()
     if use_hints or s.watch:
@@ -414,6 +416,7 @@ def _check_restore(s: Session, world: World, rec_id: str, expected: Capture, wha
     res = s.ws.restore(rec_id)
     assert res.stats.conflicts == [], f"{what}: unexpected conflicts {res.stats.conflicts}"
     assert_same(capture(s.ws_path), expected, what)
+    assert_index_persisted(s.ws, f" after {what}")
     # A full walk right after finds exactly the snapshot's tree, and (where the stat cache can
     # vouch for fresh files) reads nothing: the restore left the index in step with the disk.
     if s.ws.watcher is not None:
@@ -492,6 +495,7 @@ def _round_trip(data, base: str) -> None:
                 res = s.ws.restore(snap_id, paths=[os.fsdecode(path)])
                 want = expected_partial(current, expected, path)
                 assert_same(capture(s.ws_path), want, f"partial restore of {path!r}")
+                assert_index_persisted(s.ws, f" after the partial restore of {path!r}")
                 taken.append((res.safety_snapshot_id, current))
             # Changes after a restore must be seen by the next snapshot (stat cache in step).
             mutate(data, world, data.draw(st.integers(0, 2), label="ops after restore"))

@@ -15,6 +15,7 @@ import sys
 import textwrap
 
 import pytest
+from indexutil import assert_index_persisted
 from treeutil import assert_same, capture, read, write
 
 from snapd.errors import SnapdError
@@ -178,6 +179,9 @@ def test_hostile_process_swapping_directories_during_restores(
                 # Expected when the tree changes under the restore: it stops and says so.
                 outcomes[e.code] = outcomes.get(e.code, 0) + 1
                 messages.add(f"{e.code}: {e}")
+            # Whatever the race, the stat cache persisted is the one in memory (a reload
+            # after a failed restore, or a daemon start, trusts it).
+            assert_index_persisted(ws, f" after restore #{i}")
     finally:
         open(stop, "w").close()
         out, _ = hostile.communicate(timeout=30)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import pytest
+from indexutil import assert_index_persisted
 from treeutil import capture, read, write
 
 from snapd import browse, scanner
@@ -236,3 +238,38 @@ def test_a_walk_that_must_relist_a_directory_keeps_the_new_files_below_it(
     # What the abandoned pass had counted is not counted twice: 4 files in flood, a, b2.
     assert (snap.stats["files"], snap.stats["dirs"]) == (4, 3), snap.stats
     assert content(store, ws.snapshot(), kept + "/new") == read(ws_dir, kept + "/new")
+
+
+def test_an_entry_removed_and_back_in_one_pass_leaves_no_rows_below_it(
+    ws, ws_dir, store, monkeypatch
+) -> None:
+    """A hinted pass finds d gone (d and its files leave the index), and before it checks
+    d/x, d is back as a symlink. The rows of d's old files must go from the persisted stat
+    cache with it: they would outlive d under the symlink, and the next load of the cache
+    would find rows under a symlink and throw the whole cache away."""
+    write(ws_dir, "d/x", "x\n")
+    write(ws_dir, "d/y", "y\n")
+    ws.snapshot()
+    shutil.rmtree(os.path.join(ws_dir, "d"))
+    real = scanner.Scanner._scan_entry
+    calls: list[bytes] = []
+
+    def symlink_after_first_check(self, pfd, parent_rel, parent, chain, name, rel, recursive):
+        real(self, pfd, parent_rel, parent, chain, name, rel, recursive)
+        calls.append(rel)
+        if rel == b"d" and calls.count(b"d") == 1:
+            os.symlink("elsewhere", os.path.join(ws_dir, "d"))
+
+    monkeypatch.setattr(scanner.Scanner, "_scan_entry", symlink_after_first_check)
+    ws.snapshot(hints=Hints(paths={b"d", b"d/x"}))
+    monkeypatch.undo()
+    assert calls.count(b"d") == 2, calls
+    assert_index_persisted(ws)
+    ws.close()
+    again = Workspace.open(store, ws_dir, WorkspaceSettings(watch=False))
+    try:
+        snap = again.snapshot()
+        assert snap.stats["read_files"] == 0, snap.stats  # the cache survived the reload
+        assert os.readlink(os.path.join(ws_dir, "d")) == "elsewhere"
+    finally:
+        again.close()
