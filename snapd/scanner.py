@@ -687,7 +687,13 @@ class Scanner:
             elif res is None:
                 self.stats.vanished += 1
                 self._remove(parent, (parent,), name, path)
+                # Files are read by path, after their directory was listed through its own
+                # descriptor. Gone by path may mean deleted, or that a directory above was
+                # renamed meanwhile and the file is still in the listed one, whose stat data
+                # then still matches: never trust that listing again without relisting it.
+                parent.racy = True
             elif isinstance(res, _Rescan):
+                parent.racy = True  # as above: the path may lead to another directory now
                 rescan.append(path)
             elif isinstance(res, OSError):
                 self._error(path, res)

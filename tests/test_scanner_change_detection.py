@@ -240,6 +240,39 @@ def test_a_walk_that_must_relist_a_directory_keeps_the_new_files_below_it(
     assert content(store, ws.snapshot(), kept + "/new") == read(ws_dir, kept + "/new")
 
 
+def test_a_file_whose_directory_moves_before_it_is_read_leaves_that_listing_untrusted(
+    ws, ws_dir, store, monkeypatch
+) -> None:
+    """A walk lists d/sub through its own descriptor, then reads the changed g.txt by path;
+    a directory above is renamed in between, so the path finds nothing. g.txt is still in the
+    listed directory, whose stat data has not moved (renaming d changes d, not d/sub): when d
+    comes back, the next walk must list d/sub again, not trust a listing that lost g.txt (a
+    hostile-process restore test found a restore leaving stray files this way)."""
+    if not ws.trust_dir_mtime:
+        pytest.skip("directory listings are not trusted on this file system")
+    write(ws_dir, "d/sub/g.txt", "v1\n")
+    write(ws_dir, "d/other.txt", "other\n")
+    ws.snapshot()
+    write(ws_dir, "d/sub/g.txt", "v2, longer\n")
+    real = scanner.open_beneath
+    moved: list[bytes] = []
+
+    def move_d_first(rootfd, path, *args):
+        if path == b"d/sub/g.txt" and not moved:
+            moved.append(path)
+            os.rename(os.path.join(ws_dir, "d"), os.path.join(ws_dir, "moved"))
+        return real(rootfd, path, *args)
+
+    monkeypatch.setattr(scanner, "open_beneath", move_d_first)
+    ws.snapshot()
+    monkeypatch.undo()
+    assert moved, "the walk did not read d/sub/g.txt"
+    os.rename(os.path.join(ws_dir, "moved"), os.path.join(ws_dir, "d"))
+    snap = ws.snapshot()
+    assert content(store, snap, "d/sub/g.txt") == b"v2, longer\n"
+    assert_index_persisted(ws)
+
+
 def test_an_entry_removed_and_back_in_one_pass_leaves_no_rows_below_it(
     ws, ws_dir, store, monkeypatch
 ) -> None:
