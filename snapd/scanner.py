@@ -314,6 +314,8 @@ class Scanner:
                     if self.trust_dir_mtime and _listing_holds(old, st):
                         child = self._dir_node(node, chain, name, path, st, old)
                         self._scan_known(path, child, chain)
+                        if get(name).__class__ is not DirNode:
+                            dirs -= 1  # relisted after all, and gone by then
                         continue
                     try:
                         cfd = os.open(name, _O_DIR, dir_fd=dfd)
@@ -321,6 +323,7 @@ class Scanner:
                         if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                             seen.discard(name)  # replaced or gone: dropped below
                             stats.vanished += 1
+                            dirs -= 1
                             continue
                         self._error(path, e)
                         continue
@@ -377,7 +380,8 @@ class Scanner:
         files = size = dirs = 0
         chain.append(node)
         try:
-            for name, child in node.entries.items():
+            # A copy: relisting a subdirectory that vanished meanwhile removes it from here.
+            for name, child in list(node.entries.items()):
                 p = prefix + name
                 try:
                     st = lstat(p, dir_fd=rootfd)
@@ -396,6 +400,8 @@ class Scanner:
                     ):
                         dirs += 1
                         self._scan_known(p, child, chain)
+                        if node.entries.get(name).__class__ is not DirNode:
+                            dirs -= 1  # relisted after all, and gone by then
                         continue
                 elif child.key == (
                     st.st_size,
@@ -442,11 +448,12 @@ class Scanner:
                     continue
                 if fmt != S_IFDIR:
                     break
-                dirs += 1
                 if _listing_holds(child, st):
                     self._scan_known(p, self._dir_node(node, chain, name, p, st, child), chain)
                 else:
                     self._relist(p, node, chain, name, child)
+                if node.entries.get(name).__class__ is DirNode:
+                    dirs += 1  # (not if it was gone when relisted)
             else:
                 stats.files += files
                 stats.dirs += dirs

@@ -11,6 +11,7 @@ from indexutil import assert_index_persisted
 from treeutil import capture, read, write
 
 from snapd import browse, scanner
+from snapd.store.format import ENTRY_DIR
 from snapd.store.store import Store
 from snapd.workspace import Hints, Workspace, WorkspaceSettings
 
@@ -306,3 +307,35 @@ def test_an_entry_removed_and_back_in_one_pass_leaves_no_rows_below_it(
         assert os.readlink(os.path.join(ws_dir, "d")) == "elsewhere"
     finally:
         again.close()
+
+
+def test_a_subdirectory_gone_when_relisted_inside_a_trusted_listing(
+    ws, ws_dir, store, monkeypatch
+) -> None:
+    """A walk trusts a's listing and stats its known names; one subdirectory changed, so it is
+    relisted, but it is gone by then. Removing it from a's entries while a's names are being
+    checked must not break the walk (it raised "dictionary changed size during iteration")."""
+    if not ws.trust_dir_mtime:
+        pytest.skip("directory listings are not trusted on this file system")
+    for i in range(5):
+        write(ws_dir, f"a/b{i}/f", f"{i}\n")
+        write(ws_dir, f"a/z{i}.txt", f"{i}\n")
+    ws.snapshot()
+    first_dir = next(n for n, c in ws.root.entries[b"a"].entries.items() if c.kind == ENTRY_DIR)
+    victim = b"a/" + first_dir
+    write(ws_dir, os.fsdecode(victim) + "/new", "new\n")  # its stat moves: relisted
+    real = scanner.Scanner._relist
+    relisted: list[bytes] = []
+
+    def remove_it_first(self, path, parent, chain, name, node):
+        if path == victim:
+            relisted.append(path)
+            shutil.rmtree(os.path.join(os.fsencode(ws_dir), path))
+        return real(self, path, parent, chain, name, node)
+
+    monkeypatch.setattr(scanner.Scanner, "_relist", remove_it_first)
+    snap = ws.snapshot()
+    monkeypatch.undo()
+    assert relisted == [victim]
+    assert (snap.stats["files"], snap.stats["dirs"]) == (9, 5), snap.stats
+    assert_index_persisted(ws)
