@@ -453,9 +453,8 @@ class TreeWatcher:
         log.error("the file watcher of %s stopped; restarting it (full rescan)", self.root)
         # Close the old instance first: it still holds its watches against the user's limit,
         # and its last callbacks (on_watch_deleted) must come before the new watches exist.
-        with contextlib.suppress(Exception):
-            if self._fd is not None:
-                self._fd.stop()
+        if self._fd is not None:
+            _stop_instance(self._fd)
         with self._lock:
             self.counters["restarts"] += 1
             self._dirty.full = True
@@ -475,8 +474,19 @@ class TreeWatcher:
             return
         with contextlib.suppress(Exception):
             fd.remove_callbacks([(wd, self._id) for wd in wds])
-        with contextlib.suppress(Exception):
-            fd.stop()
+        _stop_instance(fd)
+
+
+def _stop_instance(fd: InotifyFD) -> None:
+    """Stop an inotify instance and wait until it is closed. watchdog closes the descriptor on
+    its reader thread, after waking it; until then the instance counts against the user's
+    fs.inotify.max_user_instances (128 by default), so a workspace closed and another opened
+    right after could fail to get one (seen under CPU load: CloseWorkspace had returned with
+    the instance still open)."""
+    with contextlib.suppress(Exception):
+        fd.stop()
+    if fd is not threading.current_thread() and fd.is_alive():
+        fd.join(timeout=5)
 
 
 def wait_ready(watcher: TreeWatcher, timeout: float) -> bool:

@@ -28,7 +28,7 @@ from test_watcher_support import (
 from watchdog.observers.inotify_c import CallbackId, InotifyFD
 
 from snapd.errors import DeadlineExceeded
-from snapd.watcher import WATCH_MASK, TreeWatcher, _InotifyFD
+from snapd.watcher import WATCH_MASK, TreeWatcher, _InotifyFD, _stop_instance
 from snapd.workspace import Workspace
 
 pytestmark = pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")
@@ -346,6 +346,31 @@ def test_thread_killed_by_an_exception_is_replaced_and_closed(wws) -> None:
     assert _inotify_fds() == fds_before
     _write(os.path.join(wws.path, "d1", "sub", "g"))
     snap_exact(wws, "events flow again")
+
+
+def test_a_stopped_inotify_instance_is_closed_before_stop_returns() -> None:
+    """watchdog closes the descriptor on its reader thread, after close() wakes it. On a busy
+    machine that ran after CloseWorkspace had returned, and the daemon still held the instance
+    (one of fs.inotify.max_user_instances) when the next workspace opened. The reader thread is
+    made late here (its close sleeps), as a loaded machine makes it."""
+    before = _inotify_fds()
+    fd = _InotifyFD()
+    fd.start()
+    assert wait_until(lambda: fd._is_reading)  # blocked in its poll: close() cannot close
+    real = fd._close_resources
+    closed_on: list[str] = []
+
+    def late_close() -> None:
+        time.sleep(0.3)  # the reader thread gets the CPU late
+        closed_on.append(threading.current_thread().name)
+        real()
+
+    fd._close_resources = late_close
+    assert _inotify_fds() == before + 1
+    _stop_instance(fd)
+    assert closed_on == [fd.name], closed_on  # the reader thread closed it...
+    assert _inotify_fds() == before  # ...before _stop_instance returned
+    assert not fd.is_alive()
 
 
 # --- the barrier ------------------------------------------------------------------------------
