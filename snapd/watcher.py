@@ -98,6 +98,15 @@ class _InotifyFD(InotifyFD):
     def _coalesce_event_buffer(self, first_chunk: bytes, deadline: float) -> bytes:
         return first_chunk
 
+    # watchdog starts with _is_reading = True, so close() before the reader thread's first
+    # read leaves closing the descriptors to that thread, which then sees it is closed and
+    # exits without closing them: the instance leaked. Track them (see _stop_instance).
+    resources_open = True
+
+    def _close_resources(self) -> None:
+        self.resources_open = False
+        super()._close_resources()
+
 
 class TreeWatcher:
     """Watches one workspace tree. Thread-safe; implements watchdog's WatchCallback protocol."""
@@ -485,8 +494,14 @@ def _stop_instance(fd: InotifyFD) -> None:
     the instance still open)."""
     with contextlib.suppress(Exception):
         fd.stop()
-    if fd is not threading.current_thread() and fd.is_alive():
+    if fd is threading.current_thread():
+        return
+    if fd.is_alive():
         fd.join(timeout=5)
+    if not fd.is_alive() and getattr(fd, "resources_open", False):
+        # Stopped before its first read: nobody else will close them.
+        with contextlib.suppress(OSError), fd._lock:
+            fd._close_resources()
 
 
 def wait_ready(watcher: TreeWatcher, timeout: float) -> bool:

@@ -60,6 +60,9 @@ def wws(open_ws, ws_dir) -> Workspace:
         os.makedirs(os.path.join(ws_dir, f"d{i}", "sub"))
         _write(os.path.join(ws_dir, f"d{i}", "sub", "f"), b"%d" % i)
     assert ws.watcher is not None and ws.watcher.ready.wait(30)
+    # The walk the workspace runs in the background once watched must be over: a barrier of
+    # its own would leave a cookie behind in tests that stop the watcher's thread.
+    assert ws.settled.wait(60)
     snap_exact(ws, "first snapshot")
     return ws
 
@@ -349,28 +352,54 @@ def test_thread_killed_by_an_exception_is_replaced_and_closed(wws) -> None:
 
 
 def test_a_stopped_inotify_instance_is_closed_before_stop_returns() -> None:
-    """watchdog closes the descriptor on its reader thread, after close() wakes it. On a busy
-    machine that ran after CloseWorkspace had returned, and the daemon still held the instance
-    (one of fs.inotify.max_user_instances) when the next workspace opened. The reader thread is
-    made late here (its close sleeps), as a loaded machine makes it."""
+    """watchdog closes the descriptor on its reader thread, after close() wakes it from its
+    poll. On a busy machine that ran after CloseWorkspace had returned, and the daemon still
+    held the instance (one of fs.inotify.max_user_instances) when the next workspace opened.
+    The reader is parked in its poll here, and its close made late, as a loaded machine does."""
     before = _inotify_fds()
     fd = _InotifyFD()
-    fd.start()
-    assert wait_until(lambda: fd._is_reading)  # blocked in its poll: close() cannot close
-    real = fd._close_resources
+    polling = threading.Event()
+    real_check, real_close = fd._check_inotify_fd, fd._close_resources
     closed_on: list[str] = []
+
+    def check(*args):
+        polling.set()
+        return real_check(*args)
 
     def late_close() -> None:
         time.sleep(0.3)  # the reader thread gets the CPU late
         closed_on.append(threading.current_thread().name)
-        real()
+        real_close()
 
-    fd._close_resources = late_close
+    fd._check_inotify_fd, fd._close_resources = check, late_close
+    fd.start()
+    assert polling.wait(10)
     assert _inotify_fds() == before + 1
     _stop_instance(fd)
     assert closed_on == [fd.name], closed_on  # the reader thread closed it...
     assert _inotify_fds() == before  # ...before _stop_instance returned
     assert not fd.is_alive()
+
+
+def test_an_inotify_instance_stopped_before_its_first_read_is_not_leaked() -> None:
+    """watchdog starts "reading", so a close() before the reader thread's first read leaves the
+    descriptors to that thread, which then sees it is closed and exits without closing them:
+    a workspace closed right after it was opened leaked its instance."""
+    before = _inotify_fds()
+    fd = _InotifyFD()
+    go = threading.Event()
+    real_run = fd.run
+
+    def late_run() -> None:
+        go.wait(10)  # the new thread is not scheduled before the close
+        real_run()
+
+    fd.run = late_run
+    fd.start()
+    threading.Timer(0.1, go.set).start()  # once _stop_instance waits for the thread
+    _stop_instance(fd)
+    assert not fd.is_alive()
+    assert _inotify_fds() == before
 
 
 # --- the barrier ------------------------------------------------------------------------------
