@@ -398,10 +398,9 @@ class Scanner:
                         and child.mode == st.st_mode & 0o7777
                         and st.st_mode & S_IFMT == S_IFDIR
                     ):
-                        dirs += 1
                         self._scan_known(p, child, chain)
-                        if node.entries.get(name).__class__ is not DirNode:
-                            dirs -= 1  # relisted after all, and gone by then
+                        if node.entries.get(name).__class__ is DirNode:
+                            dirs += 1  # (not if it was relisted after all, and gone by then)
                         continue
                 elif child.key == (
                     st.st_size,

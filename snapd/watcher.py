@@ -85,7 +85,8 @@ class DirtySet:
 
 
 class _InotifyFD(InotifyFD):
-    """watchdog's inotify layer, without the wait it adds before handing events on.
+    """watchdog's inotify layer, without the wait it adds before handing events on, and
+    knowing whether its descriptors are still open (see _stop_instance).
 
     watchdog 7.1.1 reads on one thread and handles events on another; when a read comes less
     than 1 ms after the previous one, it polls up to 1 ms more for further events before
