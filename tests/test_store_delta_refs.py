@@ -9,12 +9,14 @@ last delta; and a store counted under the old rule (every child) is recounted on
 
 from __future__ import annotations
 
+import random
+
 import crashloop_child
 import treeutil
 
 from snapd.store import gc
-from snapd.store.format import CODEC_ZSTD_DELTA, KIND_TREE
-from snapd.store.store import Store, delta_edges
+from snapd.store.format import CODEC_ZSTD_DELTA, CODEC_ZSTD_DICT, KIND_TREE
+from snapd.store.store import Store, _rebase, delta_edges
 from snapd.store.verify import recount_refs, verify
 
 ENTRIES = 60
@@ -215,3 +217,66 @@ def test_catalog_rows_of_many_objects_in_one_lookup(ws, store):
         assert w._base_infos == {old_dir: store.object_info(old_dir)}  # one row, no absent ids
         assert w._delta_base(KIND_TREE, old_dir) == (old_dir, store.read(old_dir))
         assert w._delta_base(KIND_TREE, absent[0]) is None
+
+
+def test_a_directory_that_drifts_from_its_base_is_stored_whole_again(ws, store):
+    """Each version of `dir` changes another file. Every version is a delta against the same
+    full tree, so the children it names that its base does not grow by one per version; once
+    they are many (store._rebase) the version is stored whole and becomes the next base. No
+    version takes more than that bound of references in its commit, and every one reads back."""
+    _fill(ws.path)
+    snaps = [ws.snapshot()]
+    edges, whole = [], 0
+    for i in range(ENTRIES // 2):
+        treeutil.write(ws.path, f"dir/f{i:03}.txt", f"edit {i}\n")
+        snaps.append(ws.snapshot())
+        tree = _entry_id(store, snaps[-1].root_tree, b"dir")
+        info = store.object_info(tree)
+        if info.codec == CODEC_ZSTD_DELTA:
+            edges.append(len(store.children(tree, KIND_TREE)))
+        else:
+            whole += 1
+    # sqrt(2 * 60) ~ 11: re-based after ~11 drifted entries, so 30 versions make 2 whole ones.
+    assert whole >= 2
+    assert max(edges) <= 11
+    assert not _rebase(1, ENTRIES) and _rebase(11, ENTRIES)
+    assert crashloop_child.refcount_errors(store) == []
+    for rec in snaps[::3]:
+        assert verify(store, snapshot_ids=[rec.id]).ok
+    for rec in snaps[1:-1]:
+        ws.delete_snapshot(rec.id, force=True)
+    gc.collect(store, max_unused=0.0)
+    assert crashloop_child.refcount_errors(store) == []
+    assert verify(store).ok
+
+
+def test_reading_a_dictionary_compressed_object_asks_the_catalog_nothing(ws, store):
+    """A small file's previous version is read as the delta base of its next one: with the
+    dictionary in memory, that read costs no catalog query for the dictionary's row."""
+    rng = random.Random(5)
+    words = [f"{w}_{i}" for i in range(40) for w in ("self", "value", "item", "count", "node")]
+    for i in range(600):  # enough varied small files for a first snapshot to train one
+        lines = [" ".join(rng.choices(words, k=rng.randint(3, 9))) for _ in range(40)]
+        treeutil.write(ws.path, f"src/m{i % 20}/f{i}.py", "\n".join(lines) + "\n")
+    ws.snapshot()
+    d = store.dictionary()
+    assert d is not None
+    rows = store.query("SELECT id FROM objects WHERE codec=? LIMIT 5", (CODEC_ZSTD_DICT,))
+    assert rows
+    asked: list[str] = []
+    query = store.query
+
+    def counting(sql: str, args: tuple = ()):
+        asked.append(sql)
+        return query(sql, args)
+
+    store.query = counting  # every catalog read of the store goes through it
+    try:
+        for (oid,) in rows:
+            info = store.object_info(oid)
+            asked.clear()
+            raw = store._read_info(info)
+            assert store.keys.object_id(info.kind, raw) == oid
+            assert asked == []
+    finally:
+        del store.query
