@@ -1267,8 +1267,9 @@ class ObjectWriter:
         if base_raw is not None and edges:
             assert base_id is not None
             edges = delta_edges(edges, store._base_refs(kind, base_id, base_raw))
-            if _rebase(len(edges), len(children or ())):
-                # Far from its base: store it whole, as the next versions' base.
+            if kind == KIND_TREE and _rebase(len(edges), len(children or ())):
+                # Far from its base: store it whole, as the next versions' base. (Not a
+                # chunk list: a large file's whole list costs far more bytes than its delta.)
                 codec, payload, base_id = self._plain(kind, raw)
                 base_raw, edges = None, children or []
         if base_raw is None and kind in (KIND_TREE, KIND_CHUNKLIST):
