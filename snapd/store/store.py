@@ -1554,7 +1554,7 @@ def _rebase(edges: int, children: int) -> bool:
     Every version of a directory is a delta against the same full base, so the ids a version
     names that its base does not (its edges, each one reference to count in its commit) grow
     as the directory drifts from the base: after 50 agent steps a Django 5k-file slice paid
-    ~110 reference updates per snapshot for ~30 new trees. Storing a version whole costs one
+    ~140 reference updates per snapshot for ~30 new trees. Storing a version whole costs one
     reference per child once (deferred from 32 on) and makes the next versions' deltas small
     again. Re-basing once a delta holds k edges costs (k*k/2 + children) / k references per
     version, least at k = sqrt(2 * children).
