@@ -130,8 +130,9 @@ class Scanner:
         self.changed: dict[bytes, Node] = {}  # path -> new node (files, symlinks, dirs)
         self.removed: set[bytes] = set()  # paths removed (dirs: with their subtree)
         self.cleared: set[bytes] = set()  # directories replaced by another kind of entry
-        # A directory left the tree during this pass: files queued below it may still be
-        # recorded under the detached node (see live_changes).
+        # A directory left the tree during this pass: changes recorded below it (before it
+        # left, or files read after) describe no node of the tree; the caller keeps only what
+        # the tree still holds at those paths (index.live_changes).
         self.dropped_dirs = False
         self.errors: list[tuple[str, str]] = []
         self.ignore_file_changed = False
@@ -194,8 +195,7 @@ class Scanner:
         old = parent.entries.get(name)
         if isinstance(old, DirNode) and old is not node:
             self.cleared.add(path)  # the old directory's persisted descendants must go
-            self.dropped_dirs = True
-            self._forget_changes_below(path)
+            self.dropped_dirs = True  # what was recorded below it is dropped by live_changes
         parent.entries[name] = node
         self.changed[path] = node
         if path in self.removed:  # removed earlier in this pass, back now: not a deletion,
@@ -205,13 +205,6 @@ class Scanner:
         if path == IGNORE_FILE:
             self.ignore_file_changed = True
 
-    def _forget_changes_below(self, path: bytes) -> None:
-        """A directory left the tree: what this pass recorded below it must not be persisted
-        (the rows would outlive the directory, under a file or symlink of the same name)."""
-        prefix = path + b"/"
-        for p in [p for p in self.changed if p.startswith(prefix)]:
-            del self.changed[p]
-
     def _remove(self, parent: DirNode, chain: list[DirNode], name: bytes, path: bytes) -> None:
         old = parent.entries.pop(name, None)
         if old is None:
@@ -219,8 +212,7 @@ class Scanner:
         self.removed.add(path)
         self.changed.pop(path, None)
         if isinstance(old, DirNode):
-            self.dropped_dirs = True
-            self._forget_changes_below(path)
+            self.dropped_dirs = True  # what was recorded below it is dropped by live_changes
             self._removed_files.extend(
                 n for _, n in walk(old) if n.__class__ is FileNode and n.kind != ENTRY_SYMLINK
             )
