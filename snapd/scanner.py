@@ -355,6 +355,75 @@ class Scanner:
                 self._remove(node, chain, name, prefix + name)
 
     def _scan_known(self, path: bytes, node: DirNode, chain: list[DirNode]) -> None:
+        """Check a directory whose listing still holds, and every directory below it whose
+        listing holds too: stat their known names, list nothing.
+
+        The fast pass of a full walk. A directory in which every name still shows its recorded
+        stat data (the common case: a step changes a few files in a few directories) is done
+        here, in a loop rather than a call per directory (the Django tree has ~3.2k
+        directories for ~6.8k files; an unchanged walk of it went from 43.5 to 42.5 ms of CPU,
+        of which ~30 ms are the lstat calls themselves). Anything else in a directory hands
+        that directory to _check_known; this pass has nothing to undo then, as it changes
+        nothing before it has seen a whole directory hold.
+        """
+        rootfd = self.rootfd
+        lstat = os.lstat
+        found_links = self.found_links
+        files = size = dirs = 0
+        # (path, node, chain to its parent, parent, name); the first entry is the caller's.
+        stack: list[tuple[bytes, DirNode, list[DirNode], DirNode | None, bytes]] = [
+            (path, node, chain, None, b"")
+        ]
+        pop = stack.pop
+        push = stack.append
+        while stack:
+            path, node, chain, parent, name = pop()
+            prefix = path + b"/"
+            below: list[tuple[bytes, DirNode, bytes]] = []
+            n = total = 0
+            for child_name, child in node.entries.items():
+                p = prefix + child_name
+                try:
+                    st = lstat(p, dir_fd=rootfd)
+                except OSError:
+                    break
+                if child.__class__ is DirNode:
+                    if (
+                        child.mtime_ns == st.st_mtime_ns
+                        and child.ctime_ns == st.st_ctime_ns
+                        and child.ino == st.st_ino
+                        and child.racy is False
+                        and child.mode == st.st_mode & 0o7777
+                        and st.st_mode & S_IFMT == S_IFDIR
+                    ):
+                        below.append((p, child, child_name))
+                        continue
+                    break
+                if child.key != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode):
+                    break  # a changed file, a symlink, a racy entry: the careful pass
+                n += 1
+                total += st.st_size
+                if st.st_nlink > 1:
+                    found_links.setdefault(st.st_ino, set()).add(p)
+            else:
+                files += n
+                size += total
+                if parent is not None:
+                    dirs += 1
+                if below:
+                    inner = [*chain, node]
+                    for p, child, child_name in reversed(below):
+                        push((p, child, inner, node, child_name))
+                continue
+            self._check_known(path, node, chain)
+            if parent is not None and parent.entries.get(name).__class__ is DirNode:
+                dirs += 1  # (not if it was relisted after all, and gone by then)
+        stats = self.stats
+        stats.files += files
+        stats.dirs += dirs
+        stats.bytes += size
+
+    def _check_known(self, path: bytes, node: DirNode, chain: list[DirNode]) -> None:
         """Check a directory whose listing still holds: stat its known names, list nothing.
 
         Names are stat'ed through the root descriptor (the metadata of a path that a hostile
