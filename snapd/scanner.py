@@ -369,7 +369,7 @@ class Scanner:
         rootfd = self.rootfd
         lstat = os.lstat
         found_links = self.found_links
-        files = size = dirs = 0
+        files = size = dirs = symlinks = 0
         # (path, node, chain to its parent, parent, name); the first entry is the caller's.
         stack: list[tuple[bytes, DirNode, list[DirNode], DirNode | None, bytes]] = [
             (path, node, chain, None, b"")
@@ -380,7 +380,7 @@ class Scanner:
             path, node, chain, parent, name = pop()
             prefix = path + b"/"
             below: list[tuple[bytes, DirNode, bytes]] = []
-            n = total = 0
+            n = total = links = 0
             for child_name, child in node.entries.items():
                 p = prefix + child_name
                 try:
@@ -400,7 +400,14 @@ class Scanner:
                         continue
                     break
                 if child.key != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode):
-                    break  # a changed file, a symlink, a racy entry: the careful pass
+                    if (
+                        child.kind == ENTRY_SYMLINK
+                        and st.st_mode & S_IFMT == S_IFLNK
+                        and _symlink_holds(child, st)
+                    ):
+                        links += 1
+                        continue
+                    break  # a changed file or symlink, a racy entry: the careful pass
                 n += 1
                 total += st.st_size
                 if st.st_nlink > 1:
@@ -408,6 +415,7 @@ class Scanner:
             else:
                 files += n
                 size += total
+                symlinks += links
                 if parent is not None:
                     dirs += 1
                 if below:
@@ -422,6 +430,7 @@ class Scanner:
         stats.files += files
         stats.dirs += dirs
         stats.bytes += size
+        stats.symlinks += symlinks
 
     def _check_known(self, path: bytes, node: DirNode, chain: list[DirNode]) -> None:
         """Check a directory whose listing still holds: stat its known names, list nothing.

@@ -339,3 +339,60 @@ def test_a_subdirectory_gone_when_relisted_inside_a_trusted_listing(
     assert relisted == [victim]
     assert (snap.stats["files"], snap.stats["dirs"]) == (9, 5), snap.stats
     assert_index_persisted(ws)
+
+
+def test_a_trusted_walk_finds_changes_that_leave_every_listing_as_it_was(
+    ws, ws_dir, store, tmp_path, monkeypatch
+) -> None:
+    """A full walk checks directories whose names all hold in one fast loop and hands any
+    other directory to a careful pass. In-place rewrites and chmods change no listing, so only
+    the names' own stat data shows them: each must be found, and the counts must equal a
+    walk that trusts nothing."""
+    if not ws.trust_dir_mtime:
+        pytest.skip("directory listings are not trusted on this file system")
+    for i in range(12):
+        write(ws_dir, f"top/mid{i % 2}/leaf{i % 3}/f{i}.txt", f"file {i}\n" * (i + 1))
+    write(ws_dir, "top/mid0/z.txt", "zed\n")
+    os.link(os.path.join(ws_dir, "top/mid0/z.txt"), os.path.join(ws_dir, "top/mid1/z-link.txt"))
+    os.symlink("z.txt", os.path.join(ws_dir, "top/mid0/link"))
+    os.mkdir(os.path.join(ws_dir, "top/mid1/empty"))
+    time.sleep(PAST_RACY_MARGIN_S)
+    ws.snapshot()
+    time.sleep(PAST_RACY_MARGIN_S)
+    assert ws.snapshot().stats["read_files"] == 0
+
+    rewritten = os.path.join(ws_dir, "top/mid1/leaf1/f7.txt")  # in the middle of its listing
+    with open(rewritten, "r+b") as f:
+        f.write(b"FILE")
+    os.chmod(os.path.join(ws_dir, "top/mid0/leaf2/f8.txt"), 0o600)
+    os.chmod(os.path.join(ws_dir, "top/mid0/leaf0"), 0o700)
+    careful_dirs = []
+    real = scanner.Scanner._check_known
+
+    def careful(self, path, node, chain):
+        careful_dirs.append(path)
+        return real(self, path, node, chain)
+
+    monkeypatch.setattr(scanner.Scanner, "_check_known", careful)
+    snap = ws.snapshot()
+    monkeypatch.undo()
+    # Only the directories that hold a changed name go to the careful pass (leaf0's own
+    # change is its mode, seen by its parent's pass; an unchanged symlink sends none there).
+    assert sorted(careful_dirs) == [b"top/mid0", b"top/mid0/leaf2", b"top/mid1/leaf1"]
+    assert snap.stats["read_files"] == 2, snap.stats
+    assert content(store, snap, "top/mid1/leaf1/f7.txt") == read(ws_dir, "top/mid1/leaf1/f7.txt")
+    assert browse.lookup(store, snap.root_tree, "top/mid0/leaf2/f8.txt").mode == 0o600
+    assert browse.lookup(store, snap.root_tree, "top/mid0/leaf0").mode == 0o700
+    assert browse.lookup(store, snap.root_tree, "top/mid0/link").ref == b"z.txt"
+
+    other = Store.open(str(tmp_path / "other-store"))
+    try:
+        fresh = Workspace.open(other, ws_dir, WorkspaceSettings(watch=False))
+        try:
+            first = fresh.snapshot()
+        finally:
+            fresh.close()
+    finally:
+        other.close()
+    for key in ("files", "dirs", "bytes", "symlinks"):
+        assert snap.stats[key] == first.stats[key], (key, snap.stats, first.stats)
