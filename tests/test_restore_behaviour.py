@@ -9,7 +9,8 @@ import stat
 import pytest
 from treeutil import assert_same, capture, read, subset, without, write
 
-from snapd import browse, fsutil
+from snapd import browse, fsutil, scanner
+from snapd import restore as restore_mod
 from snapd.errors import SnapdError
 from snapd.restore import Change
 from snapd.store.store import Store
@@ -294,3 +295,75 @@ def test_rename_noreplace(tmp_path, monkeypatch, impl) -> None:
     assert os.readlink(tmp_path / "free-link") == "somewhere"
     assert not os.path.lexists(tmp_path / "tmp-link")
     assert os.stat(tmp_path / "free").st_nlink == 1
+
+
+def _count_listings(monkeypatch) -> list[bytes]:
+    listed: list[bytes] = []
+    real = scanner.Scanner._list
+
+    def counting(self, fd, parent, chain, name, path, old):
+        listed.append(path)
+        return real(self, fd, parent, chain, name, path, old)
+
+    monkeypatch.setattr(scanner.Scanner, "_list", counting)
+    return listed
+
+
+def test_a_directory_a_restore_wrote_into_is_not_listed_again(ws, ws_dir, monkeypatch) -> None:
+    """A restore lists each directory it wrote into after its last fstat of it: when the names
+    are exactly the index's, the next walk trusts that listing; a name added later moves the
+    ctime recorded, so the walk lists it then."""
+    if not (ws.fine_timestamps and ws.trust_dir_mtime):
+        pytest.skip("directory listings are not trusted on this file system")
+    build(ws_dir)
+    snap = ws.snapshot()
+    change_everything(ws_dir)
+    ws.snapshot()
+    ws.restore(snap.id)
+    listed = _count_listings(monkeypatch)
+    after = ws.snapshot()
+    assert after.root_tree == snap.root_tree
+    assert listed == [], listed  # the root is listed by every walk, not through _list
+    write(ws_dir, "dir/sub/late.txt", "added after the restore\n")
+    later = ws.snapshot()
+    assert listed == [b"dir/sub"], listed
+    assert browse.lookup(ws.store, later.root_tree, "dir/sub/late.txt") is not None
+
+
+@pytest.mark.parametrize("when", ["before the fstat", "before the listing", "after it"])
+def test_a_name_added_while_a_restore_finishes_a_directory_is_found(
+    ws, ws_dir, monkeypatch, when
+) -> None:
+    """Another process adds a file to a directory the restore is finishing: before the
+    restore's final fstat of it, between that fstat and the restore's listing, or after the
+    listing. Every way, the next snapshot has the file."""
+    if not ws.fine_timestamps:
+        pytest.skip("coarse timestamps: restored directories are always listed again")
+    build(ws_dir)
+    snap = ws.snapshot()
+    change_everything(ws_dir)
+    ws.snapshot()
+    sneaky = os.path.join(ws_dir, "dir/sub/sneaky.txt")
+    real_apply, real_holds = restore_mod.Applier._apply_dir, restore_mod._holds_names
+
+    def apply_dir(self, dfd, rel, node, plan):
+        real_apply(self, dfd, rel, node, plan)
+        if rel == b"dir/sub" and when == "before the fstat":
+            write(ws_dir, "dir/sub/sneaky.txt", "sneaky\n")
+
+    def holds_names(dfd, node):
+        if when == "before the listing" and not os.path.exists(sneaky):
+            write(ws_dir, "dir/sub/sneaky.txt", "sneaky\n")
+        ok = real_holds(dfd, node)
+        if when == "after it" and not os.path.exists(sneaky):
+            write(ws_dir, "dir/sub/sneaky.txt", "sneaky\n")
+        return ok
+
+    monkeypatch.setattr(restore_mod.Applier, "_apply_dir", apply_dir)
+    monkeypatch.setattr(restore_mod, "_holds_names", holds_names)
+    ws.restore(snap.id)
+    monkeypatch.undo()
+    assert os.path.exists(sneaky)
+    after = ws.snapshot()
+    assert browse.lookup(ws.store, after.root_tree, "dir/sub/sneaky.txt") is not None
+    assert listing(ws.store, after) == listing(ws.store, ws.snapshot(full=True))
