@@ -614,8 +614,13 @@ class Workspace:
                             round((time.perf_counter() - t0) * 1000, 3),
                         )
                     contents = verify_needed(self.store, planner.needed)
+                    watched = self.watcher is not None and self.watcher.ready.is_set()
                     applier = Applier(
-                        self.store, self.rootfd, contents, fine_timestamps=self.fine_timestamps
+                        self.store,
+                        self.rootfd,
+                        contents,
+                        fine_timestamps=self.fine_timestamps,
+                        check_listings=not watched,
                     )
                     applier.apply(self.root, plan, target.root_tree if scope is None else None)
                     dirs: list[tuple[bytes, idx.Node]] = []
