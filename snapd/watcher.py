@@ -412,8 +412,12 @@ class TreeWatcher:
         finally:
             with self._lock:
                 self._cookies.pop(name, None)
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # left in the tree (never stored; removed at the next open)
+                log.warning("cannot remove the sync cookie %s: %s", os.fsdecode(path), e)
 
     def take(self) -> DirtySet:
         """Swap out the dirty set (unwatched subtrees are always included)."""
