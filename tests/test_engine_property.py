@@ -73,9 +73,22 @@ class World:
     large_left: int = MAX_LARGE
     touched: set[bytes] = field(default_factory=set)
     subtrees: set[bytes] = field(default_factory=set)
+    links: list[tuple[bytes, bytes]] = field(default_factory=list)  # made since the snapshot
 
     def abs(self, rel: bytes) -> bytes:
         return self.root + b"/" + rel if rel else self.root
+
+    def link_broken(self) -> bool:
+        """Was a hard link made since the last snapshot gone again (a name replaced, removed
+        or moved)? Changes made through it reached the watcher under that name only."""
+        for a, b in self.links:
+            try:
+                sa, sb = os.lstat(self.abs(a)), os.lstat(self.abs(b))
+            except OSError:
+                return True
+            if (sa.st_dev, sa.st_ino) != (sb.st_dev, sb.st_ino):
+                return True
+        return False
 
 
 def _join(parent: bytes, name: bytes) -> bytes:
@@ -289,6 +302,7 @@ def op_hardlink(data, world: World, listing) -> None:
     _remove(world, dst)
     os.link(world.abs(src), world.abs(dst))
     world.touched |= {src, dst}
+    world.links.append((src, dst))
 
 
 OPS = [
@@ -392,10 +406,16 @@ def full_diff(ws: Workspace, snap_id: str) -> list:
 def _snapshot(data, s: Session, world: World, step: int):
     use_hints = world.allow_hints and data.draw(st.booleans(), label="hinted snapshot")
     hints = Hints(paths=set(world.touched), subtrees=set(world.subtrees)) if use_hints else None
-    rec = s.ws.snapshot(label=f"step {step}", hints=hints)
+    # The watcher's documented limit (README, "Hard links"): a change made through a hard link
+    # that is gone again by the snapshot (link b to x, chmod x, replace x) raised events for x
+    # only, and no name joins b's inode to them any more. Only a full walk sees it, so the
+    # snapshot takes one then, as the README tells callers to.
+    full = not use_hints and s.watch and world.link_broken()
+    rec = s.ws.snapshot(label=f"step {step}", hints=hints, full=full)
     assert_index_persisted(s.ws, f" after snapshot {step}")
     world.touched.clear()
     world.subtrees.clear()
+    world.links.clear()
     if use_hints or s.watch:
         # A full walk must find nothing the hinted (or watcher-driven) snapshot missed.
         missed = full_diff(s.ws, rec.id)
@@ -461,6 +481,7 @@ def _round_trip(data, base: str) -> None:
         assert_same(capture(s.ws_path), before, "a snapshot must not change the workspace")
         world.touched.clear()
         world.subtrees.clear()
+        world.links.clear()
         taken.append((rec.id, before))
 
         # Phase 1: changes with a snapshot after each, interleaved with restores.
