@@ -457,22 +457,10 @@ class Scanner:
                     st = lstat(p, dir_fd=rootfd)
                 except OSError:
                     break  # gone (or unreadable) although the listing held: list it
-                if child.__class__ is DirNode:
-                    # The other common case, inline: a directory whose stat data is exactly
-                    # as recorded (so its listing holds and its node needs no update).
-                    if (
-                        child.mtime_ns == st.st_mtime_ns
-                        and child.ctime_ns == st.st_ctime_ns
-                        and child.ino == st.st_ino
-                        and child.racy is False
-                        and child.mode == st.st_mode & 0o7777
-                        and st.st_mode & S_IFMT == S_IFDIR
-                    ):
-                        self._scan_known(p, child, chain)
-                        if node.entries.get(name).__class__ is DirNode:
-                            dirs += 1  # (not if it was relisted after all, and gone by then)
-                        continue
-                elif child.key == (
+                # (A subdirectory whose stat data is exactly as recorded takes the general
+                # path below: _listing_holds, and _dir_node changes nothing. Only the
+                # directories _scan_known's loop could not clear come here.)
+                if child.__class__ is not DirNode and child.key == (
                     st.st_size,
                     st.st_mtime_ns,
                     st.st_ctime_ns,
