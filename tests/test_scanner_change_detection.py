@@ -10,7 +10,7 @@ import pytest
 from indexutil import assert_index_persisted
 from treeutil import capture, read, write
 
-from snapd import browse, scanner
+from snapd import batchstat, browse, scanner
 from snapd.store.format import ENTRY_DIR
 from snapd.store.store import Store
 from snapd.workspace import Hints, Workspace, WorkspaceSettings
@@ -341,15 +341,21 @@ def test_a_subdirectory_gone_when_relisted_inside_a_trusted_listing(
     assert_index_persisted(ws)
 
 
+@pytest.mark.parametrize("stat_impl", ["c", "os.lstat"])
 def test_a_trusted_walk_finds_changes_that_leave_every_listing_as_it_was(
-    ws, ws_dir, store, tmp_path, monkeypatch
+    ws, ws_dir, store, tmp_path, monkeypatch, stat_impl
 ) -> None:
-    """A full walk checks directories whose names all hold in one fast loop and hands any
-    other directory to a careful pass. In-place rewrites and chmods change no listing, so only
-    the names' own stat data shows them: each must be found, and the counts must equal a
-    walk that trusts nothing."""
+    """A full walk checks directories whose names all hold in a fast pass (their names
+    lstat'ed in batches, by the C extension or by os.lstat) and hands any other directory to a
+    careful pass. In-place rewrites and chmods change no listing, so only the names' own stat
+    data shows them: each must be found, and the counts must equal a walk that trusts
+    nothing."""
     if not ws.trust_dir_mtime:
         pytest.skip("directory listings are not trusted on this file system")
+    if stat_impl == "c" and not batchstat.HAVE_C:
+        pytest.skip("the C extension is not built")
+    if stat_impl == "os.lstat":
+        monkeypatch.setattr(batchstat, "_c_lstat_keys", None)
     for i in range(12):
         write(ws_dir, f"top/mid{i % 2}/leaf{i % 3}/f{i}.txt", f"file {i}\n" * (i + 1))
     write(ws_dir, "top/mid0/z.txt", "zed\n")
@@ -373,9 +379,9 @@ def test_a_trusted_walk_finds_changes_that_leave_every_listing_as_it_was(
         careful_dirs.append(path)
         return real(self, path, node, chain)
 
-    monkeypatch.setattr(scanner.Scanner, "_check_known", careful)
-    snap = ws.snapshot()
-    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        m.setattr(scanner.Scanner, "_check_known", careful)
+        snap = ws.snapshot()
     # Only the directories that hold a changed name go to the careful pass (leaf0's own
     # change is its mode, seen by its parent's pass; an unchanged symlink sends none there).
     assert sorted(careful_dirs) == [b"top/mid0", b"top/mid0/leaf2", b"top/mid1/leaf1"]
