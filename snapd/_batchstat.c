@@ -8,11 +8,18 @@
  * section), so this is the one piece of C in snapd. It is optional: snapd/batchstat.py falls
  * back to os.lstat when it is not built.
  *
- * lstat_keys(dirfd, paths, threads) -> (keys, nlinks)
- *   paths: a sequence of bytes, relative to dirfd (no NUL bytes). For each path:
- *   keys[i] = (st_size, st_mtime_ns, st_ctime_ns, st_ino, st_mode) and nlinks[i] = st_nlink,
- *   or keys[i] = None and nlinks[i] = -errno when fstatat(AT_SYMLINK_NOFOLLOW) failed.
- *   The tuple is the order of snapd.index.FileNode.key, so a caller compares it in one step.
+ * lstat_compare(dirfd, paths, nodes, threads) -> (status, keys, sizes, links)
+ *   paths: a sequence of bytes, relative to dirfd (no NUL bytes; intermediate symlinks are
+ *   followed, the last one is not: fstatat(AT_SYMLINK_NOFOLLOW)). Each path's stat data is
+ *   compared here with nodes[i].key: None, or (st_size, st_mtime_ns, st_ctime_ns, st_ino,
+ *   st_mode) as snapd.index.FileNode.key holds it. So the caller's Python runs only for what
+ *   did not match (a walk of an unchanged tree is mostly matching files).
+ *   status: bytes, one per path: 0 = the stat data equals the node's key, 1 = it differs or
+ *   the node has no key (keys[i] is the path's key tuple), 2 = lstat failed (keys[i] is
+ *   None). keys[i] is None where status is 0. sizes: bytes
+ *   holding one native int64 per path, st_size where status is 0 and 0 elsewhere (read it
+ *   through memoryview(sizes).cast("q")). links: the indices where status is 0 and
+ *   st_nlink > 1.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -34,6 +41,12 @@ typedef struct {
     unsigned long long nlink;
     unsigned int mode;
     int err;
+    /* lstat_compare: the node's key, if it has one (has_expect), and the outcome. */
+    int has_expect; /* 0: no key, 1: e_* hold it, 2: a key C cannot hold */
+    long long e_size, e_mtime, e_ctime;
+    unsigned long long e_ino;
+    unsigned long e_mode;
+    unsigned char status;
 } result;
 
 typedef struct {
@@ -61,6 +74,18 @@ static void *run(void *arg) {
         r->ino = (unsigned long long)st.st_ino;
         r->nlink = (unsigned long long)st.st_nlink;
         r->mode = (unsigned int)st.st_mode;
+        if (r->has_expect == 1) {
+            /* Times out of the fast range never equal an expectation parsed from a long long
+             * (the caller's node had no key in range then: has_expect is 0). */
+            int same = r->e_size == r->size && r->e_ino == r->ino && r->e_mode == r->mode &&
+                       r->mtime_s < 9000000000LL && r->mtime_s > -9000000000LL &&
+                       r->ctime_s < 9000000000LL && r->ctime_s > -9000000000LL &&
+                       r->e_mtime == r->mtime_s * 1000000000LL + r->mtime_ns &&
+                       r->e_ctime == r->ctime_s * 1000000000LL + r->ctime_ns;
+            r->status = same ? 0 : 1;
+        } else {
+            r->status = 1;
+        }
     }
     return NULL;
 }
@@ -112,36 +137,8 @@ static PyObject *key_of(const result *r) {
     return t;
 }
 
-static PyObject *lstat_keys(PyObject *self, PyObject *args) {
-    int dirfd, threads;
-    PyObject *seq;
-    if (!PyArg_ParseTuple(args, "iOi:lstat_keys", &dirfd, &seq, &threads)) return NULL;
-    /* A tuple of our own: the caller's list may change while the GIL is released, and the
-     * tuple keeps every bytes object (and so its buffer) alive. */
-    PyObject *paths = PySequence_Tuple(seq);
-    if (paths == NULL) return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(paths);
-    const char **ptrs = PyMem_Malloc(sizeof(char *) * (n ? n : 1));
-    result *out = PyMem_Calloc(n ? n : 1, sizeof(result));
-    PyObject *keys = NULL, *nlinks = NULL, *ret = NULL;
-    if (ptrs == NULL || out == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *p = PyTuple_GET_ITEM(paths, i);
-        if (!PyBytes_Check(p)) {
-            PyErr_Format(PyExc_TypeError, "paths[%zd] is %.100s, not bytes", i,
-                         Py_TYPE(p)->tp_name);
-            goto done;
-        }
-        const char *s = PyBytes_AS_STRING(p);
-        if ((Py_ssize_t)strlen(s) != PyBytes_GET_SIZE(p)) {
-            PyErr_Format(PyExc_ValueError, "paths[%zd] contains a NUL byte", i);
-            goto done;
-        }
-        ptrs[i] = s;
-    }
+/* Run the lstat calls of a batch without the GIL, split over up to `threads` threads. */
+static void stat_all(int dirfd, const char **ptrs, result *out, Py_ssize_t n, int threads) {
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > n / MIN_PER_THREAD) threads = (int)(n / MIN_PER_THREAD);
     if (threads < 1) threads = 1;
@@ -172,43 +169,159 @@ static PyObject *lstat_keys(PyObject *self, PyObject *args) {
         }
     }
     Py_END_ALLOW_THREADS
+}
+
+/* The C strings of a tuple of bytes (NULL and an exception set on a non-bytes or a NUL). */
+static const char **c_paths(PyObject *paths, Py_ssize_t n) {
+    const char **ptrs = PyMem_Malloc(sizeof(char *) * (n ? n : 1));
+    if (ptrs == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *p = PyTuple_GET_ITEM(paths, i);
+        if (!PyBytes_Check(p)) {
+            PyErr_Format(PyExc_TypeError, "paths[%zd] is %.100s, not bytes", i,
+                         Py_TYPE(p)->tp_name);
+            PyMem_Free(ptrs);
+            return NULL;
+        }
+        const char *s = PyBytes_AS_STRING(p);
+        if ((Py_ssize_t)strlen(s) != PyBytes_GET_SIZE(p)) {
+            PyErr_Format(PyExc_ValueError, "paths[%zd] contains a NUL byte", i);
+            PyMem_Free(ptrs);
+            return NULL;
+        }
+        ptrs[i] = s;
+    }
+    return ptrs;
+}
+
+/* A node's key as C values; 0 when it has none (None, or values out of range). */
+static int parse_expect(PyObject *node, PyObject *key_name, result *r) {
+    PyObject *key = PyObject_GetAttr(node, key_name);
+    if (key == NULL) return -1;
+    int ok = 0;
+    if (PyTuple_Check(key) && PyTuple_GET_SIZE(key) == 5) {
+        r->e_size = PyLong_AsLongLong(PyTuple_GET_ITEM(key, 0));
+        r->e_mtime = PyLong_AsLongLong(PyTuple_GET_ITEM(key, 1));
+        r->e_ctime = PyLong_AsLongLong(PyTuple_GET_ITEM(key, 2));
+        r->e_ino = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(key, 3));
+        r->e_mode = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(key, 4));
+        if (PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError) &&
+                !PyErr_ExceptionMatches(PyExc_TypeError)) {
+                Py_DECREF(key);
+                return -1;
+            }
+            PyErr_Clear(); /* out of range or not ints: compared in Python afterwards */
+            ok = 2;
+        } else {
+            ok = 1;
+        }
+    }
+    Py_DECREF(key);
+    r->has_expect = ok;
+    return 0;
+}
+
+static PyObject *lstat_compare(PyObject *self, PyObject *args) {
+    int dirfd, threads;
+    PyObject *seq, *nodes_seq;
+    if (!PyArg_ParseTuple(args, "iOOi:lstat_compare", &dirfd, &seq, &nodes_seq, &threads))
+        return NULL;
+    PyObject *paths = PySequence_Tuple(seq);
+    if (paths == NULL) return NULL;
+    PyObject *nodes = PySequence_Tuple(nodes_seq);
+    if (nodes == NULL) {
+        Py_DECREF(paths);
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(paths);
+    const char **ptrs = NULL;
+    result *out = NULL;
+    PyObject *key_name = NULL, *status = NULL, *keys = NULL, *sizes = NULL, *links = NULL,
+             *ret = NULL;
+    if (PyTuple_GET_SIZE(nodes) != n) {
+        PyErr_SetString(PyExc_ValueError, "paths and nodes differ in length");
+        goto done;
+    }
+    out = PyMem_Calloc(n ? n : 1, sizeof(result));
+    if (out == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    ptrs = c_paths(paths, n);
+    if (ptrs == NULL) goto done;
+    key_name = PyUnicode_InternFromString("key");
+    if (key_name == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (parse_expect(PyTuple_GET_ITEM(nodes, i), key_name, &out[i]) < 0) goto done;
+    }
+    stat_all(dirfd, ptrs, out, n, threads);
+    status = PyBytes_FromStringAndSize(NULL, n);
+    sizes = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(long long));
     keys = PyList_New(n);
-    nlinks = PyList_New(n);
-    if (keys == NULL || nlinks == NULL) goto done;
+    links = PyList_New(0);
+    if (status == NULL || sizes == NULL || keys == NULL || links == NULL) goto done;
+    unsigned char *st = (unsigned char *)PyBytes_AS_STRING(status);
+    long long *sz = (long long *)PyBytes_AS_STRING(sizes);
     for (Py_ssize_t i = 0; i < n; i++) {
         const result *r = &out[i];
-        PyObject *key, *nl;
-        if (r->err) {
+        PyObject *key;
+        st[i] = r->err ? 2 : r->status;
+        key = NULL;
+        if (st[i] == 1) {
+            key = key_of(r);
+            if (key == NULL) goto done;
+            if (r->has_expect == 2) {
+                /* A key C could not hold (a time past year 2255, say): compare it here. */
+                PyObject *want = PyObject_GetAttr(PyTuple_GET_ITEM(nodes, i), key_name);
+                int same = want == NULL ? -1 : PyObject_RichCompareBool(key, want, Py_EQ);
+                Py_XDECREF(want);
+                if (same < 0) {
+                    Py_DECREF(key);
+                    goto done;
+                }
+                if (same) {
+                    st[i] = 0;
+                    Py_CLEAR(key);
+                }
+            }
+        }
+        sz[i] = st[i] == 0 ? r->size : 0;
+        if (key == NULL) {
             Py_INCREF(Py_None);
             key = Py_None;
-            nl = PyLong_FromLong(-(long)r->err);
-        } else {
-            key = key_of(r);
-            nl = PyLong_FromUnsignedLongLong(r->nlink);
-        }
-        if (key == NULL || nl == NULL) {
-            Py_XDECREF(key);
-            Py_XDECREF(nl);
-            goto done;
         }
         PyList_SET_ITEM(keys, i, key);
-        PyList_SET_ITEM(nlinks, i, nl);
+        if (st[i] == 0 && r->nlink > 1) {
+            PyObject *idx = PyLong_FromSsize_t(i);
+            if (idx == NULL || PyList_Append(links, idx) < 0) {
+                Py_XDECREF(idx);
+                goto done;
+            }
+            Py_DECREF(idx);
+        }
     }
-    ret = PyTuple_Pack(2, keys, nlinks);
+    ret = PyTuple_Pack(4, status, keys, sizes, links);
 done:
+    Py_XDECREF(key_name);
+    Py_XDECREF(status);
     Py_XDECREF(keys);
-    Py_XDECREF(nlinks);
+    Py_XDECREF(sizes);
+    Py_XDECREF(links);
     PyMem_Free(ptrs);
     PyMem_Free(out);
     Py_DECREF(paths);
+    Py_DECREF(nodes);
     return ret;
 }
 
 static PyMethodDef methods[] = {
-    {"lstat_keys", lstat_keys, METH_VARARGS,
-     "lstat_keys(dirfd, paths, threads) -> (keys, nlinks): lstat each path relative to dirfd "
-     "without the GIL. keys[i] = (st_size, st_mtime_ns, st_ctime_ns, st_ino, st_mode) and "
-     "nlinks[i] = st_nlink, or None and -errno when the call failed."},
+    {"lstat_compare", lstat_compare, METH_VARARGS,
+     "lstat_compare(dirfd, paths, nodes, threads) -> (status, keys, sizes, links): lstat each "
+     "path without the GIL and compare it with nodes[i].key (see the module's source)."},
     {NULL, NULL, 0, NULL},
 };
 

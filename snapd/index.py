@@ -90,6 +90,9 @@ class DirNode:
     )
 
     kind = ENTRY_DIR
+    # No stat key: a directory is checked field by field (its size is not recorded), so the
+    # batched comparison of a walk (batchstat.lstat_compare) leaves it to the caller.
+    key = None
 
     def __init__(
         self,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from pyfastcdc import FastCDC
 
-from .batchstat import lstat_keys
+from .batchstat import FAILED, LOOK, MATCH, lstat_compare
 from .errors import Aborted, PermissionDenied
 from .fsutil import join, open_beneath, read_all, split
 from .ignore import IGNORE_FILE, INTERNAL_PREFIX, Excludes, is_internal
@@ -375,10 +375,12 @@ class Scanner:
         changes nothing before it has seen a whole directory hold, so it has nothing to undo.
 
         It goes level by level: the known names of a level's directories (up to
-        STAT_BATCH_PATHS at a time) are lstat'ed in one batchstat call, which runs without the
-        GIL on several threads when the C extension is built. The kernel's share of an lstat
-        is ~2.5 us on the VMs we measure on and os.lstat adds ~1 us: an unchanged walk of the
-        Django tree (~10k names) went from 42 to ~20 ms of wall time.
+        STAT_BATCH_PATHS at a time) are lstat'ed and compared with their nodes' keys in one
+        batchstat call, which runs without the GIL on several threads when the C extension is
+        built; Python then looks only at what did not match (directories, symlinks, changes).
+        The kernel's share of an lstat is ~2.5 us on the VMs we measure on and os.lstat adds
+        ~1 us: an unchanged full snapshot of the Django tree (~10k names) takes 32 ms (median)
+        against 58 ms with os.lstat, in one process, alternating.
         """
         rootfd = self.rootfd
         found_links = self.found_links
@@ -404,51 +406,55 @@ class Scanner:
                     paths += [prefix + n for n in d.entries]
                     nodes += d.entries.values()
                     batch.append(item)
-                keys, nlinks = lstat_keys(rootfd, paths)
+                status, keys, sizes, links = lstat_compare(rootfd, paths, nodes)
+                for k in links:  # matching files with other names (hard links)
+                    found_links.setdefault(nodes[k].ino, set()).add(paths[k])
                 j = 0
                 for item in batch:
                     d_path, d, d_chain, parent, d_name = item
                     end = j + len(d.entries)
+                    matched = status.count(MATCH, j, end)
                     subdirs: list[tuple[bytes, DirNode]] = []
-                    n = total = links = 0
-                    for child, key, nlink, p in zip(
-                        nodes[j:end], keys[j:end], nlinks[j:end], paths[j:end], strict=True
-                    ):
-                        if key is None:
-                            break  # gone or unreadable: list it
-                        if child.__class__ is DirNode:
+                    links_here = 0
+                    holds = True
+                    if matched != end - j:
+                        # Directories, symlinks and anything that did not match.
+                        if status.find(FAILED, j, end) >= 0:
+                            holds = False  # gone or unreadable: list it
+                        k = status.find(LOOK, j, end) if holds else -1
+                        while k >= 0:
+                            key = keys[k]
+                            child = nodes[k]
                             mode = key[4]
-                            if (
-                                child.mtime_ns == key[1]
-                                and child.ctime_ns == key[2]
-                                and child.ino == key[3]
-                                and child.racy is False
-                                and child.mode == mode & 0o7777
-                                and mode & S_IFMT == S_IFDIR
-                            ):
-                                subdirs.append((p, child))
-                                continue
-                            break
-                        if child.key != key:
-                            if (
+                            if child.__class__ is DirNode:
+                                if not (
+                                    child.mtime_ns == key[1]
+                                    and child.ctime_ns == key[2]
+                                    and child.ino == key[3]
+                                    and child.racy is False
+                                    and child.mode == mode & 0o7777
+                                    and mode & S_IFMT == S_IFDIR
+                                ):
+                                    holds = False
+                                    break
+                                subdirs.append((paths[k], child))
+                            elif (
                                 child.kind == ENTRY_SYMLINK
-                                and key[4] & S_IFMT == S_IFLNK
+                                and mode & S_IFMT == S_IFLNK
                                 and child.mtime_ns == key[1]
                                 and child.ctime_ns == key[2]
                                 and child.ino == key[3]
                                 and not child.racy
                             ):
-                                links += 1
-                                continue
-                            break  # a changed file or symlink: the careful pass
-                        n += 1
-                        total += key[0]
-                        if nlink > 1:
-                            found_links.setdefault(key[3], set()).add(p)
-                    else:
-                        files += n
-                        size += total
-                        symlinks += links
+                                links_here += 1
+                            else:
+                                holds = False  # a changed file or symlink: the careful pass
+                                break
+                            k = status.find(LOOK, k + 1, end)
+                    if holds:
+                        files += matched
+                        size += sum(sizes[j:end])
+                        symlinks += links_here
                         if parent is not None:
                             dirs += 1
                         if subdirs:
@@ -456,10 +462,9 @@ class Scanner:
                             prefix_len = len(d_path) + 1
                             for p, sub in subdirs:
                                 below.append((p, sub, inner, d, p[prefix_len:]))
-                        j = end
-                        continue
+                    else:
+                        careful.append(item)
                     j = end
-                    careful.append(item)
                 for d_path, d, d_chain, parent, d_name in careful:
                     self._check_known(d_path, d, d_chain)
                     if parent is not None and parent.entries.get(d_name).__class__ is DirNode:

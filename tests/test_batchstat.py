@@ -78,19 +78,43 @@ def test_the_extension_is_built_where_a_compiler_is(tmp_path):
     assert batchstat.HAVE_C, "snapd._batchstat is not built although a C compiler is present"
 
 
+class _Node:
+    """Stands in for an index node: lstat_compare reads only its `key`."""
+
+    def __init__(self, key) -> None:
+        self.key = key
+
+
+def _c_keys(fd: int, paths: list[bytes], threads: int):
+    """Every path's key through the C extension (nodes without a key: nothing matches), and
+    the indices of the paths with more than one link (nodes with the right key: all match)."""
+    status, keys, _sizes, links = batchstat._c_lstat_compare(
+        fd, paths, [_Node(None)] * len(paths), threads
+    )
+    assert set(status) <= {batchstat.LOOK, batchstat.FAILED}
+    assert [k is None for k in keys] == [s == batchstat.FAILED for s in status]
+    status2, _, _, links = batchstat._c_lstat_compare(fd, paths, [_Node(k) for k in keys], threads)
+    assert [s == batchstat.MATCH for s in status2] == [k is not None for k in keys]
+    return keys, links
+
+
+def _os_links(nlinks: list[int]) -> list[int]:
+    return [i for i, n in enumerate(nlinks) if n > 1]
+
+
 @needs_c
 @pytest.mark.parametrize("threads", [1, 2, 8])
 def test_same_keys_as_os_lstat(tmp_path, threads):
     paths = _tree(tmp_path)
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        want = _os_keys(fd, paths)
-        got = batchstat._c_lstat_keys(fd, paths, threads)
+        want, nlinks = _os_keys(fd, paths)
+        got, links = _c_keys(fd, paths, threads)
     finally:
         os.close(fd)
     assert got == want
-    keys, nlinks = got
-    by = dict(zip(paths, zip(keys, nlinks, strict=True), strict=True))
+    assert links == _os_links(nlinks)
+    by = dict(zip(paths, zip(want, nlinks, strict=True), strict=True))
     assert by[b"d/hard"][1] == 2 and by[b"d/a.txt"][0] == by[b"d/hard"][0]
     assert by[b"missing"] == (None, -errno.ENOENT)
     assert by[b"d/a.txt/x"] == (None, -errno.ENOTDIR)
@@ -112,11 +136,10 @@ def test_a_large_batch_split_over_threads_keeps_its_order(tmp_path):
             names.append(f"d{i % 37}/gone{i}".encode())
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        want = _os_keys(fd, names)
+        want, nlinks = _os_keys(fd, names)
         for threads in (1, 2, 3, 4):
-            assert batchstat._c_lstat_keys(fd, names, threads) == want
-        assert batchstat.lstat_keys(fd, names) == want
-        assert batchstat._c_lstat_keys(fd, [], 2) == ([], [])
+            assert _c_keys(fd, names, threads) == (want, _os_links(nlinks))
+        assert batchstat._c_lstat_compare(fd, [], [], 2) == (b"", [], b"", [])
     finally:
         os.close(fd)
 
@@ -124,12 +147,85 @@ def test_a_large_batch_split_over_threads_keeps_its_order(tmp_path):
 @needs_c
 def test_bad_arguments_are_errors_not_wrong_answers(tmp_path):
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    none = _Node(None)
     try:
         with pytest.raises(TypeError, match=r"paths\[1\] is str"):
-            batchstat._c_lstat_keys(fd, [b"a", "b"], 1)
+            batchstat._c_lstat_compare(fd, [b"a", "b"], [none, none], 1)
         with pytest.raises(ValueError, match="NUL"):
-            batchstat._c_lstat_keys(fd, [b"a\0b"], 1)
+            batchstat._c_lstat_compare(fd, [b"a\0b"], [none], 1)
+        with pytest.raises(ValueError, match="differ in length"):
+            batchstat._c_lstat_compare(fd, [b"a"], [], 1)
+        with pytest.raises(AttributeError):
+            batchstat._c_lstat_compare(fd, [b"a"], [object()], 1)
         # A closed descriptor is an error per path, like os.lstat's.
-        assert batchstat._c_lstat_keys(-1, [b"a"], 1) == ([None], [-errno.EBADF])
+        status, keys, _, _ = batchstat._c_lstat_compare(-1, [b"a"], [none], 1)
+        assert (status, keys) == (bytes([batchstat.FAILED]), [None])
     finally:
         os.close(fd)
+
+
+def _compare_cases(tmp_path) -> tuple[list[bytes], list[_Node]]:
+    paths = _tree(tmp_path)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        keys, _ = _os_keys(fd, paths)
+    finally:
+        os.close(fd)
+    nodes = []
+    for i, key in enumerate(keys):
+        if key is None or i % 5 == 4:
+            nodes.append(_Node(None))  # no expectation: the caller looks
+        elif i % 5 == 3:
+            nodes.append(_Node((key[0] + 1, *key[1:])))  # a different size
+        elif i % 5 == 2:
+            nodes.append(_Node((*key[:2], key[2] + 1, *key[3:])))  # ctime moved by 1 ns
+        else:
+            nodes.append(_Node(key))  # as recorded
+    nodes.append(_Node((1, 2**70, 3, 4, 5)))  # a key C cannot hold, for a missing path
+    paths.append(b"missing-too")
+    return paths, nodes
+
+
+@pytest.mark.parametrize("impl", ["c", "os.lstat"])
+def test_compare_tells_matching_paths_from_the_rest(tmp_path, impl, monkeypatch):
+    if impl == "c" and not batchstat.HAVE_C:
+        pytest.skip("the C extension is not built")
+    if impl == "os.lstat":
+        monkeypatch.setattr(batchstat, "_c_lstat_compare", None)
+    paths, nodes = _compare_cases(tmp_path)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        keys, nlinks = _os_keys(fd, paths)
+        status, got_keys, sizes, links = batchstat.lstat_compare(fd, paths, nodes)
+    finally:
+        os.close(fd)
+    assert len(status) == len(got_keys) == len(sizes) == len(paths)
+    for i, (key, node) in enumerate(zip(keys, nodes, strict=True)):
+        if key is None:
+            assert (status[i], got_keys[i], sizes[i]) == (batchstat.FAILED, None, 0), paths[i]
+        elif node.key == key:
+            assert (status[i], got_keys[i], sizes[i]) == (batchstat.MATCH, None, key[0]), paths[i]
+        else:
+            assert (status[i], got_keys[i], sizes[i]) == (batchstat.LOOK, key, 0), paths[i]
+    assert links == [
+        i
+        for i, (k, n) in enumerate(zip(keys, nlinks, strict=True))
+        if k and nodes[i].key == k and n > 1
+    ]
+    assert status.count(batchstat.MATCH) >= 5 and status.count(batchstat.LOOK) >= 5
+
+
+@needs_c
+def test_compare_of_a_key_past_the_fast_range(tmp_path):
+    """A key whose times do not fit 64-bit nanoseconds is compared in Python, exactly."""
+    (tmp_path / "f").write_bytes(b"x")
+    os.utime(tmp_path / "f", ns=(10_500_000_000_000_000_123, 10_500_000_000_000_000_123))
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        (key,), _ = _os_keys(fd, [b"f"])
+        same = batchstat._c_lstat_compare(fd, [b"f"], [_Node(key)], 1)
+        other = batchstat._c_lstat_compare(fd, [b"f"], [_Node((*key[:1], key[1] + 1, *key[2:]))], 1)
+    finally:
+        os.close(fd)
+    assert same[0] == bytes([batchstat.MATCH]) and same[1] == [None]
+    assert other[0] == bytes([batchstat.LOOK]) and other[1] == [key]

@@ -355,7 +355,7 @@ def test_a_trusted_walk_finds_changes_that_leave_every_listing_as_it_was(
     if stat_impl == "c" and not batchstat.HAVE_C:
         pytest.skip("the C extension is not built")
     if stat_impl == "os.lstat":
-        monkeypatch.setattr(batchstat, "_c_lstat_keys", None)
+        monkeypatch.setattr(batchstat, "_c_lstat_compare", None)
     for i in range(12):
         write(ws_dir, f"top/mid{i % 2}/leaf{i % 3}/f{i}.txt", f"file {i}\n" * (i + 1))
     write(ws_dir, "top/mid0/z.txt", "zed\n")
