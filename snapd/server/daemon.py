@@ -38,6 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from snapd_client._proto import snapd_pb2 as pb
 
+from .. import gcpolicy
 from ..errors import FailedPrecondition, PermissionDenied, SnapdError
 from ..store.store import Store
 from .config import ServeConfig
@@ -134,6 +135,8 @@ class Daemon:
         self.service: Service | None = None
         self.health = health.HealthServicer()
         self.collector = None
+        # The interpreter's full garbage collections, run while no call is in flight.
+        self.heap_collector = gcpolicy.IdleCollector()
         self._socket_lock: Lock | None = None
         self._store_lock: Lock | None = None
         self._socket_ino: int | None = None
@@ -289,6 +292,7 @@ class Daemon:
         next_ping = time.monotonic()
         last_problem = None
         while not self.stop_requested.wait(tick):
+            self.heap_collector.tick(self.state.idle_for())
             if not interval or time.monotonic() < next_ping:
                 continue
             next_ping = time.monotonic() + interval
@@ -384,6 +388,8 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 def serve(config: ServeConfig) -> int:
     """Run the daemon in the foreground; returns the process exit status."""
     limit_malloc_arenas()
+    gcpolicy.defer_full_collections()
+    log.info("full garbage collections run only while no call is in flight (see snapd/gcpolicy.py)")
     daemon = Daemon(config)
     daemon.install_signal_handlers()
     try:

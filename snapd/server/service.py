@@ -53,19 +53,27 @@ class CallState:
         self.in_flight = 0
         self._cond = threading.Condition()
         self.started = time.time()
+        self._last_change = time.monotonic()  # a call began or ended
 
     def enter(self) -> bool:
         with self._cond:
             if not self.accepting:
                 return False
             self.in_flight += 1
+            self._last_change = time.monotonic()
             return True
 
     def leave(self) -> None:
         with self._cond:
             self.in_flight -= 1
+            self._last_change = time.monotonic()
             if self.in_flight == 0:
                 self._cond.notify_all()
+
+    def idle_for(self) -> float:
+        """Seconds since the last call ended, if none is running now; else 0."""
+        with self._cond:
+            return 0.0 if self.in_flight else time.monotonic() - self._last_change
 
     def stop_accepting(self) -> None:
         with self._cond:
