@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import time
 import weakref
 
 import pytest
@@ -19,6 +20,7 @@ def deferred():
     gcpolicy.defer_full_collections()
     yield
     gc.set_threshold(*saved)
+    gc.unfreeze()
 
 
 class _Cycle:
@@ -45,24 +47,39 @@ def test_young_collections_stay_automatic_and_full_ones_do_not(deferred) -> None
     assert ref() is not None  # ...which leave the old generation alone
 
 
-def test_the_idle_collector_frees_old_garbage_when_idle_or_overdue(deferred) -> None:
-    collector = gcpolicy.IdleCollector(idle_seconds=0.05, min_interval=0.0, force_after=3600)
+def test_idle_collections_free_old_garbage_and_freeze_the_survivors(deferred) -> None:
+    collector = gcpolicy.IdleCollector(idle_seconds=0.05, min_interval=0.0, deep_every=3600)
     ref = _old_cyclic_garbage()
     assert not collector.tick(idle_for=0.0)  # a call is running: not now
     assert ref() is not None
     assert collector.tick(idle_for=0.5)
-    assert ref() is None and collector.collections == 1 and collector.last_collected >= 1
+    assert ref() is None and collector.last_collected >= 1
+    assert gc.get_freeze_count() > 0  # the survivors are frozen: later ones skip them
 
-    collector = gcpolicy.IdleCollector(idle_seconds=0.05, min_interval=0.0, force_after=0.0)
-    ref = _old_cyclic_garbage()
-    assert collector.tick(idle_for=0.0)  # busy, but overdue: collect anyway
-    assert ref() is None
+    # Garbage among frozen objects waits for a deep collection.
+    frozen = _Cycle()
+    frozen_ref = weakref.ref(frozen)
+    gc.freeze()
+    del frozen
+    young = _old_cyclic_garbage()
+    assert collector.tick(idle_for=0.5)  # an idle one: only what came after the freeze
+    assert young() is None and frozen_ref() is not None
+    collector.deep_every = 0.0
+    assert collector.tick(idle_for=0.5)
+    assert frozen_ref() is None and collector.deep_collections == 1
 
-    collector = gcpolicy.IdleCollector(idle_seconds=0.0, min_interval=3600, force_after=0.0)
+
+def test_collections_wait_for_idle_time_until_a_deep_one_is_overdue(deferred) -> None:
+    collector = gcpolicy.IdleCollector(idle_seconds=0.05, min_interval=3600, deep_every=3600)
     ref = _old_cyclic_garbage()
     assert not collector.tick(idle_for=10.0)  # the last one was too recent
     assert ref() is not None
-    gc.collect()
+    collector.deep_every = 100.0
+    collector._last_deep = time.monotonic() - 150  # due: runs when idle...
+    assert not collector.tick(idle_for=0.0)
+    collector._last_deep = time.monotonic() - 250  # ...or regardless, once twice overdue
+    assert collector.tick(idle_for=0.0)
+    assert ref() is None and collector.deep_collections == 1
 
 
 def test_the_daemon_runs_with_full_collections_deferred() -> None:
