@@ -10,10 +10,13 @@ import os
 from array import array
 from collections.abc import Sequence
 
+from .fsutil import has_openat2
+
 try:
     from snapd._batchstat import lstat_compare as _c_lstat_compare
+    from snapd._batchstat import read_small as _c_read_small
 except ImportError:  # not built (no C compiler at install time, or not Linux)
-    _c_lstat_compare = None
+    _c_lstat_compare = _c_read_small = None
 
 Key = tuple[int, int, int, int, int]  # (st_size, st_mtime_ns, st_ctime_ns, st_ino, st_mode)
 
@@ -77,3 +80,18 @@ def _py_lstat_compare(
         else:
             status[i] = LOOK
     return bytes(status), keys, memoryview(sizes), links
+
+
+Read = tuple[bytes, Key, Key, int]  # data, key before, key after, st_nlink after
+
+
+def read_small(rootfd: int, paths: Sequence[bytes], max_size: int) -> list[Read | None] | None:
+    """Read these files beneath rootfd as the scanner does (openat2 without following
+    symlinks, fstat, read, fstat), without the GIL, if the C extension is built (else None).
+
+    Each item is (data, key before, key after, st_nlink after), or None where the caller must
+    read the file its own way (any error, not a regular file, larger than max_size, grew while
+    it was read). Nothing is decided here: the caller compares the keys."""
+    if _c_read_small is None or not has_openat2():
+        return None
+    return _c_read_small(rootfd, paths, max_size, THREADS)

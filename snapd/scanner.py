@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from pyfastcdc import FastCDC
 
-from .batchstat import FAILED, LOOK, MATCH, lstat_compare
+from .batchstat import FAILED, LOOK, MATCH, Read, lstat_compare, read_small
 from .errors import Aborted, PermissionDenied
 from .fsutil import join, open_beneath, read_all, split
 from .ignore import IGNORE_FILE, INTERNAL_PREFIX, Excludes, is_internal
@@ -48,6 +48,11 @@ S_IFREG, S_IFDIR, S_IFLNK = stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
 # Files up to this size are stored whole (as restic and borg do below 512 KiB-1 MiB); larger
 # ones are split by content-defined chunking so that an append or insert stores only new chunks.
 CHUNK_THRESHOLD = 1024 * 1024
+# A large ingest (a first snapshot, a checkout) reads the files it stores whole ahead, this many
+# at a time (so at most 64 MiB in memory at once), in one batchstat call without the GIL. Below
+# READ_AHEAD_MIN files it is not worth a call.
+READ_BATCH_FILES = 64
+READ_AHEAD_MIN = 16
 CHUNK_MIN, CHUNK_AVG, CHUNK_MAX = 64 * 1024, 256 * 1024, 1024 * 1024
 # A file whose ctime is this close to the scan's start is "racy" on file systems with coarse
 # timestamps: a later write in the same clock tick would leave its stat data unchanged.
@@ -783,7 +788,14 @@ class Scanner:
         # alone overlaps well in a large ingest, handed to a helper thread in batches. A small
         # one (a watched snapshot's dozen files) compresses here: in the daemon, with its many
         # threads, the hand-offs ate the gain (A/B, 30 watched steps: 26.0 vs 24.4 ms median).
-        results = [self._ingest_safe(c) for c in cands]
+        results = []
+        for start in range(0, len(cands), READ_BATCH_FILES):
+            batch = cands[start : start + READ_BATCH_FILES]
+            pre = self._read_ahead(batch)
+            if pre is None:
+                results += [self._ingest_safe(c) for c in batch]
+            else:
+                results += [self._ingest_safe(c, r) for c, r in zip(batch, pre, strict=True)]
         hand_over = getattr(self.sink, "hand_over", None)
         if hand_over is not None:
             hand_over()  # the helper compresses the last files while the trees are encoded
@@ -863,11 +875,48 @@ class Scanner:
                 rest.append(c)
         return rest
 
-    def _ingest_safe(self, cand):
+    def _read_ahead(self, batch: list[tuple]) -> list[Read | None] | None:
+        """The small files of a large ingest, read in one batchstat call (without the GIL, on
+        the C extension's threads); None when there is nothing to gain (a small ingest, no C
+        extension). First snapshot of Django 5.0 (6.8k files), in one process, alternating
+        ten times: 1.03 s median with it, 1.20 s without."""
+        if len(batch) < READ_AHEAD_MIN:
+            return None
+        # (b"" fails to open: a file to chunk is read its own way.)
+        paths = [c[0] if c[4][0] <= CHUNK_THRESHOLD else b"" for c in batch]
+        return read_small(self.rootfd, paths, CHUNK_THRESHOLD)
+
+    def _ingest_safe(self, cand, pre: Read | None = None):
         try:
+            if pre is not None:
+                node = self._store_read(pre, cand[3])
+                if node is not None:
+                    return node
+                # Changed while it was read ahead, or too fresh to trust one read: below.
             return self._ingest(cand[0], cand[3])
         except (_Rescan, OSError, Aborted) as e:
             return e
+
+    def _store_read(self, pre: Read, old: FileNode | None) -> FileNode | None:
+        """Store a file read ahead: the checks of _read_file's small-file branch, on the
+        keys (size, mtime_ns, ctime_ns, ino, mode) taken before and after the read. None if it
+        changed during the read or was changed too recently for one read to vouch for it."""
+        data, k1, k2, nlink = pre
+        if (
+            k1[0] != k2[0]
+            or k1[1] != k2[1]
+            or k1[3] != k2[3]
+            or (k1[2] != k2[2] and nlink != 0)
+            or len(data) != k2[0]
+            or k2[2] >= time.time_ns() - HOT_NS
+        ):
+            return None
+        base = old.ref if old is not None and old.kind == ENTRY_FILE else None
+        ref = self.sink.put(KIND_DATA, data, base=base)
+        self.stats.read_files += 1
+        self.stats.read_bytes += k2[0]
+        racy = not self.fine_timestamps and k2[2] >= self.start_ns - RACY_MARGIN_NS
+        return FileNode(ENTRY_FILE, k2[4] & 0o7777, k2[0], k2[1], ref, k2[2], k2[3], racy)
 
     def _ingest(self, path: bytes, old: FileNode | None) -> FileNode | None:
         for _attempt in range(MAX_READ_ATTEMPTS):

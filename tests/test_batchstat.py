@@ -12,6 +12,7 @@ import shutil
 import sys
 
 import pytest
+import treeutil
 
 from snapd import batchstat
 
@@ -229,3 +230,73 @@ def test_compare_of_a_key_past_the_fast_range(tmp_path):
         os.close(fd)
     assert same[0] == bytes([batchstat.MATCH]) and same[1] == [None]
     assert other[0] == bytes([batchstat.LOOK]) and other[1] == [key]
+
+
+@needs_c
+def test_read_small_reads_what_the_scanner_would_and_leaves_the_rest(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_bytes(b"hello\n" * 1000)
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "big").write_bytes(os.urandom(9000))
+    os.symlink("a.txt", tmp_path / "d" / "link")
+    os.symlink("d", tmp_path / "dirlink")
+    os.mkfifo(tmp_path / "fifo")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.write_bytes(b"secret")
+    names = [
+        b"d/a.txt",
+        b"empty",
+        b"big",  # larger than max_size below
+        b"d/link",  # a symlink: never followed
+        b"dirlink/a.txt",  # through a symlinked directory: refused
+        b"fifo",  # not a regular file (and never blocks)
+        b"d",
+        b"missing",
+        b"",
+        b"../" + outside.name.encode(),  # outside the root: refused
+    ]
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        got = batchstat._c_read_small(fd, names, 8192, 2)
+        keys, nlinks = _os_keys(fd, names)
+    finally:
+        os.close(fd)
+    assert got[0] is not None and got[1] is not None
+    data, before, after, nlink = got[0]
+    assert data == b"hello\n" * 1000 and before == after == keys[0] and nlink == nlinks[0] == 1
+    assert got[1][0] == b"" and got[1][1] == keys[1]
+    assert got[2:] == [None] * (len(names) - 2)
+    outside.unlink()
+
+
+def test_the_scanner_reads_ahead_the_same_content(tmp_path, monkeypatch):
+    """A first snapshot with read-ahead (C) and without it both restore the tree exactly."""
+    from snapd import scanner
+    from snapd.store.store import Store
+    from snapd.workspace import Workspace, WorkspaceSettings, fork
+
+    ws_dir = tmp_path / "ws"
+    for i in range(150):
+        p = ws_dir / f"dir{i % 7}" / f"f{i}.txt"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes((f"line {i}\n" * (i * 13)).encode())
+    (ws_dir / "large.bin").write_bytes(os.urandom(scanner.CHUNK_THRESHOLD + 5000))
+    os.symlink("dir0/f0.txt", ws_dir / "link")
+    os.mkfifo(ws_dir / "fifo")
+    want = treeutil.without(treeutil.capture(ws_dir), [b"fifo"])
+    for ahead in (True, False):
+        if not ahead:
+            monkeypatch.setattr(scanner, "read_small", lambda *a: None)
+        store = Store.open(str(tmp_path / f"store-{ahead}"))
+        try:
+            ws = Workspace.open(store, str(ws_dir), WorkspaceSettings(watch=False))
+            try:
+                snap = ws.snapshot()
+            finally:
+                ws.close()
+            assert snap.stats["read_files"] == 151 and snap.stats["skipped_special"] == 1
+            copy, _ = fork(store, snap.id, str(tmp_path / f"copy-{ahead}"))
+            copy.close()
+        finally:
+            store.close()
+        treeutil.assert_same(treeutil.capture(tmp_path / f"copy-{ahead}"), want)
