@@ -232,7 +232,10 @@ class Scanner:
             self.ignore_file_changed = True
 
     def _racy(self, st: os.stat_result) -> bool:
-        return not self.fine_timestamps and st.st_ctime_ns >= self.start_ns - RACY_MARGIN_NS
+        return self._racy_ctime(st.st_ctime_ns)
+
+    def _racy_ctime(self, ctime_ns: int) -> bool:
+        return not self.fine_timestamps and ctime_ns >= self.start_ns - RACY_MARGIN_NS
 
     def _raise_errors(self) -> None:
         if self.errors:
@@ -902,20 +905,13 @@ class Scanner:
         keys (size, mtime_ns, ctime_ns, ino, mode) taken before and after the read. None if it
         changed during the read or was changed too recently for one read to vouch for it."""
         data, k1, k2, nlink = pre
-        if (
-            k1[0] != k2[0]
-            or k1[1] != k2[1]
-            or k1[3] != k2[3]
-            or (k1[2] != k2[2] and nlink != 0)
-            or len(data) != k2[0]
-            or k2[2] >= time.time_ns() - HOT_NS
-        ):
+        if not _same_keys(k1, k2, nlink) or len(data) != k2[0] or k2[2] >= time.time_ns() - HOT_NS:
             return None
         base = old.ref if old is not None and old.kind == ENTRY_FILE else None
         ref = self.sink.put(KIND_DATA, data, base=base)
         self.stats.read_files += 1
         self.stats.read_bytes += k2[0]
-        racy = not self.fine_timestamps and k2[2] >= self.start_ns - RACY_MARGIN_NS
+        racy = self._racy_ctime(k2[2])
         return FileNode(ENTRY_FILE, k2[4] & 0o7777, k2[0], k2[1], ref, k2[2], k2[3], racy)
 
     def _ingest(self, path: bytes, old: FileNode | None) -> FileNode | None:
@@ -1040,12 +1036,17 @@ def _listing_holds(old, st: os.stat_result) -> bool:
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
     """Did the file stay unchanged between two fstats of one open descriptor?"""
-    if a.st_size != b.st_size or a.st_mtime_ns != b.st_mtime_ns or a.st_ino != b.st_ino:
+    return _same_keys(_key(a), _key(b), b.st_nlink)
+
+
+def _same_keys(a: tuple, b: tuple, nlink_after: int) -> bool:
+    """_same on keys (size, mtime_ns, ctime_ns, ino, mode) and the link count after."""
+    if a[0] != b[0] or a[1] != b[1] or a[3] != b[3]:
         return False
     # Renaming another file over this one (or deleting it) drops its link count to 0, which
     # moves only its ctime: the bytes read are still a whole version of what was at the path.
     # Retrying would chase a writer that replaces the file faster than it can be read.
-    return a.st_ctime_ns == b.st_ctime_ns or b.st_nlink == 0
+    return a[2] == b[2] or nlink_after == 0
 
 
 def encode_dirty(root: DirNode, sink, upserts: list[tuple[bytes, Node]] | None = None) -> bytes:
