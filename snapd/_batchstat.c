@@ -60,18 +60,20 @@ typedef struct {
     unsigned char status;
 } result;
 
+/* One thread's share of a batch: paths[0..n) and their results (result or read_result). */
 typedef struct {
     int dirfd;
     const char **paths;
-    result *out;
+    void *out;
     Py_ssize_t n;
+    long long max_size; /* read_small only */
 } job;
 
 static void *run(void *arg) {
     job *j = (job *)arg;
     struct stat st;
     for (Py_ssize_t i = 0; i < j->n; i++) {
-        result *r = &j->out[i];
+        result *r = &((result *)j->out)[i];
         if (fstatat(j->dirfd, j->paths[i], &st, AT_SYMLINK_NOFOLLOW) != 0) {
             r->err = errno;
             continue;
@@ -148,10 +150,11 @@ static PyObject *key_of(const result *r) {
     return t;
 }
 
-/* Run the lstat calls of a batch without the GIL, split over up to `threads` threads. */
-static void stat_all(int dirfd, const char **ptrs, result *out, Py_ssize_t n, int threads) {
+/* Run fn over a batch without the GIL, split over up to `threads` threads in contiguous
+ * shares; this thread takes the first share, and a thread that cannot be started is run here. */
+static void run_split(void *(*fn)(void *), int dirfd, const char **ptrs, void *out,
+                      size_t out_size, Py_ssize_t n, int threads, long long max_size) {
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > n / MIN_PER_THREAD) threads = (int)(n / MIN_PER_THREAD);
     if (threads < 1) threads = 1;
     Py_BEGIN_ALLOW_THREADS
     {
@@ -163,23 +166,29 @@ static void stat_all(int dirfd, const char **ptrs, result *out, Py_ssize_t n, in
             Py_ssize_t start = k * per, end = start + per > n ? n : start + per;
             jobs[k].dirfd = dirfd;
             jobs[k].paths = ptrs + start;
-            jobs[k].out = out + start;
+            jobs[k].out = (char *)out + (size_t)start * out_size;
             jobs[k].n = end > start ? end - start : 0;
+            jobs[k].max_size = max_size;
         }
-        /* This thread takes the first share; a thread that cannot be started is run here. */
         for (int k = 1; k < threads; k++) {
-            started[k] = pthread_create(&tids[k], NULL, run, &jobs[k]) == 0;
+            started[k] = pthread_create(&tids[k], NULL, fn, &jobs[k]) == 0;
         }
-        run(&jobs[0]);
+        fn(&jobs[0]);
         for (int k = 1; k < threads; k++) {
             if (started[k]) {
                 pthread_join(tids[k], NULL);
             } else {
-                run(&jobs[k]);
+                fn(&jobs[k]);
             }
         }
     }
     Py_END_ALLOW_THREADS
+}
+
+/* The lstat calls of a batch (fewer threads for a small batch: one costs more than it saves). */
+static void stat_all(int dirfd, const char **ptrs, result *out, Py_ssize_t n, int threads) {
+    if (threads > n / MIN_PER_THREAD) threads = (int)(n / MIN_PER_THREAD);
+    run_split(run, dirfd, ptrs, out, sizeof(result), n, threads, 0);
 }
 
 /* The C strings of a tuple of bytes (NULL and an exception set on a non-bytes or a NUL). */
@@ -348,19 +357,11 @@ typedef struct {
     struct stat st1, st2;
 } read_result;
 
-typedef struct {
-    int rootfd;
-    const char **paths;
-    read_result *out;
-    Py_ssize_t n;
-    long long max_size;
-} read_job;
-
-static void read_one(const read_job *j, Py_ssize_t i) {
-    read_result *r = &j->out[i];
+static void read_one(const job *j, Py_ssize_t i) {
+    read_result *r = &((read_result *)j->out)[i];
     struct open_how_ how = {O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0,
                             RESOLVE_BENEATH_ | RESOLVE_NO_SYMLINKS_ | RESOLVE_NO_MAGICLINKS_};
-    long fd = syscall(SYS_openat2, j->rootfd, j->paths[i], &how, sizeof how);
+    long fd = syscall(SYS_openat2, j->dirfd, j->paths[i], &how, sizeof how);
     if (fd < 0) return;
     if (fstat((int)fd, &r->st1) != 0 || !S_ISREG(r->st1.st_mode) ||
         r->st1.st_size > j->max_size) {
@@ -394,7 +395,7 @@ static void read_one(const read_job *j, Py_ssize_t i) {
 }
 
 static void *read_run(void *arg) {
-    read_job *j = (read_job *)arg;
+    job *j = (job *)arg;
     for (Py_ssize_t i = 0; i < j->n; i++) read_one(j, i);
     return NULL;
 }
@@ -429,36 +430,8 @@ static PyObject *read_small(PyObject *self, PyObject *args) {
     }
     ptrs = c_paths(paths, n);
     if (ptrs == NULL) goto done;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > n) threads = (int)n;
-    if (threads < 1) threads = 1;
-    Py_BEGIN_ALLOW_THREADS
-    {
-        pthread_t tids[MAX_THREADS];
-        read_job jobs[MAX_THREADS];
-        int started[MAX_THREADS] = {0};
-        Py_ssize_t per = (n + threads - 1) / threads;
-        for (int k = 0; k < threads; k++) {
-            Py_ssize_t start = k * per, end = start + per > n ? n : start + per;
-            jobs[k].rootfd = rootfd;
-            jobs[k].paths = ptrs + start;
-            jobs[k].out = out + start;
-            jobs[k].n = end > start ? end - start : 0;
-            jobs[k].max_size = max_size;
-        }
-        for (int k = 1; k < threads; k++) {
-            started[k] = pthread_create(&tids[k], NULL, read_run, &jobs[k]) == 0;
-        }
-        read_run(&jobs[0]);
-        for (int k = 1; k < threads; k++) {
-            if (started[k]) {
-                pthread_join(tids[k], NULL);
-            } else {
-                read_run(&jobs[k]);
-            }
-        }
-    }
-    Py_END_ALLOW_THREADS
+    run_split(read_run, rootfd, ptrs, out, sizeof(read_result), n, threads, max_size);
     ret = PyList_New(n);
     if (ret == NULL) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
