@@ -10,7 +10,7 @@ So full collections are not automatic here. The young generations stay automatic
 only the objects allocated since the last one, and collect most cyclic garbage). When the
 process has been idle for a moment (IdleCollector.tick, from the daemon's main loop) a full
 collection runs and then freezes what survived (gc.freeze), so the next ones visit only what
-was allocated since (a call that arrives during one then waits a few ms at most). Every
+was allocated since (right after a freeze, one took 0.0 ms against 60 before it). Every
 DEEP_SECONDS a deep collection unfreezes everything first, so cyclic garbage among frozen
 objects (a closed workspace's, say) is freed within that time; under sustained load, with no
 idle moment, it runs anyway after twice that, so the heap cannot grow without bound.
