@@ -46,11 +46,7 @@
 #define MIN_PER_THREAD 256
 
 typedef struct {
-    long long size;
-    long long mtime_s, mtime_ns, ctime_s, ctime_ns;
-    unsigned long long ino;
-    unsigned long long nlink;
-    unsigned int mode;
+    struct stat st;
     int err;
     /* lstat_compare: the node's key, if it has one (has_expect), and the outcome. */
     int has_expect; /* 0: no key, 1: e_* hold it, 2: a key C cannot hold */
@@ -71,30 +67,24 @@ typedef struct {
 
 static void *run(void *arg) {
     job *j = (job *)arg;
-    struct stat st;
     for (Py_ssize_t i = 0; i < j->n; i++) {
         result *r = &((result *)j->out)[i];
-        if (fstatat(j->dirfd, j->paths[i], &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (fstatat(j->dirfd, j->paths[i], &r->st, AT_SYMLINK_NOFOLLOW) != 0) {
             r->err = errno;
             continue;
         }
         r->err = 0;
-        r->size = (long long)st.st_size;
-        r->mtime_s = (long long)st.st_mtim.tv_sec;
-        r->mtime_ns = (long long)st.st_mtim.tv_nsec;
-        r->ctime_s = (long long)st.st_ctim.tv_sec;
-        r->ctime_ns = (long long)st.st_ctim.tv_nsec;
-        r->ino = (unsigned long long)st.st_ino;
-        r->nlink = (unsigned long long)st.st_nlink;
-        r->mode = (unsigned int)st.st_mode;
         if (r->has_expect == 1) {
-            /* Times out of the fast range never equal an expectation parsed from a long long
-             * (the caller's node had no key in range then: has_expect is 0). */
-            int same = r->e_size == r->size && r->e_ino == r->ino && r->e_mode == r->mode &&
-                       r->mtime_s < 9000000000LL && r->mtime_s > -9000000000LL &&
-                       r->ctime_s < 9000000000LL && r->ctime_s > -9000000000LL &&
-                       r->e_mtime == r->mtime_s * 1000000000LL + r->mtime_ns &&
-                       r->e_ctime == r->ctime_s * 1000000000LL + r->ctime_ns;
+            /* Times outside the fast range are not compared here: status 1, and the caller
+             * sees the exact key (a key C could not hold is has_expect 2, compared later). */
+            const struct stat *st = &r->st;
+            long long ms = (long long)st->st_mtim.tv_sec, cs = (long long)st->st_ctim.tv_sec;
+            int same = r->e_size == (long long)st->st_size &&
+                       r->e_ino == (unsigned long long)st->st_ino &&
+                       r->e_mode == (unsigned long)st->st_mode && ms < 9000000000LL &&
+                       ms > -9000000000LL && cs < 9000000000LL && cs > -9000000000LL &&
+                       r->e_mtime == ms * 1000000000LL + st->st_mtim.tv_nsec &&
+                       r->e_ctime == cs * 1000000000LL + st->st_ctim.tv_nsec;
             r->status = same ? 0 : 1;
         } else {
             r->status = 1;
@@ -127,15 +117,16 @@ done:
     return total;
 }
 
-static PyObject *key_of(const result *r) {
+/* (st_size, st_mtime_ns, st_ctime_ns, st_ino, st_mode), as snapd.index.FileNode.key holds it. */
+static PyObject *key_of(const struct stat *st) {
     PyObject *t = PyTuple_New(5);
     if (t == NULL) return NULL;
     PyObject *items[5] = {
-        PyLong_FromLongLong(r->size),
-        time_ns(r->mtime_s, r->mtime_ns),
-        time_ns(r->ctime_s, r->ctime_ns),
-        PyLong_FromUnsignedLongLong(r->ino),
-        PyLong_FromUnsignedLong(r->mode),
+        PyLong_FromLongLong((long long)st->st_size),
+        time_ns((long long)st->st_mtim.tv_sec, (long long)st->st_mtim.tv_nsec),
+        time_ns((long long)st->st_ctim.tv_sec, (long long)st->st_ctim.tv_nsec),
+        PyLong_FromUnsignedLongLong((unsigned long long)st->st_ino),
+        PyLong_FromUnsignedLong((unsigned long)st->st_mode),
     };
     int failed = 0;
     for (int k = 0; k < 5; k++) {
@@ -292,7 +283,7 @@ static PyObject *lstat_compare(PyObject *self, PyObject *args) {
         st[i] = r->err ? 2 : r->status;
         key = NULL;
         if (st[i] == 1) {
-            key = key_of(r);
+            key = key_of(&r->st);
             if (key == NULL) goto done;
             if (r->has_expect == 2) {
                 /* A key C could not hold (a time past year 2255, say): compare it here. */
@@ -309,13 +300,13 @@ static PyObject *lstat_compare(PyObject *self, PyObject *args) {
                 }
             }
         }
-        sz[i] = st[i] == 0 ? r->size : 0;
+        sz[i] = st[i] == 0 ? (long long)r->st.st_size : 0;
         if (key == NULL) {
             Py_INCREF(Py_None);
             key = Py_None;
         }
         PyList_SET_ITEM(keys, i, key);
-        if (st[i] == 0 && r->nlink > 1) {
+        if (st[i] == 0 && r->st.st_nlink > 1) {
             PyObject *idx = PyLong_FromSsize_t(i);
             if (idx == NULL || PyList_Append(links, idx) < 0) {
                 Py_XDECREF(idx);
@@ -400,18 +391,6 @@ static void *read_run(void *arg) {
     return NULL;
 }
 
-static PyObject *stat_key(const struct stat *st) {
-    result r = {0};
-    r.size = (long long)st->st_size;
-    r.mtime_s = (long long)st->st_mtim.tv_sec;
-    r.mtime_ns = (long long)st->st_mtim.tv_nsec;
-    r.ctime_s = (long long)st->st_ctim.tv_sec;
-    r.ctime_ns = (long long)st->st_ctim.tv_nsec;
-    r.ino = (unsigned long long)st->st_ino;
-    r.mode = (unsigned int)st->st_mode;
-    return key_of(&r);
-}
-
 static PyObject *read_small(PyObject *self, PyObject *args) {
     int rootfd, threads;
     long long max_size;
@@ -442,7 +421,7 @@ static PyObject *read_small(PyObject *self, PyObject *args) {
             item = Py_None;
         } else {
             PyObject *data = PyBytes_FromStringAndSize(r->data, (Py_ssize_t)r->len);
-            PyObject *k1 = stat_key(&r->st1), *k2 = stat_key(&r->st2);
+            PyObject *k1 = key_of(&r->st1), *k2 = key_of(&r->st2);
             PyObject *nlink = PyLong_FromUnsignedLongLong((unsigned long long)r->st2.st_nlink);
             item = (data && k1 && k2 && nlink) ? PyTuple_Pack(4, data, k1, k2, nlink) : NULL;
             Py_XDECREF(data);
