@@ -96,6 +96,12 @@ def connect(path: str) -> sqlite3.Connection:
     # latest ones (never partially). persist() commits with FULL to make a snapshot durable.
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA cache_size = -16384")
+    # A multi-row statement inside a transaction keeps a statement journal (the pages it
+    # changes, so that it alone can be rolled back). A snapshot's INSERT of ~40 object rows
+    # touches ~50 pages, past SQLite's 64 KiB in-memory limit: with temp files on disk every
+    # commit created, wrote ~200 KB to and deleted a file in /var/tmp. Kept in memory instead
+    # (no query here sorts much: the large reads follow primary keys).
+    conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA wal_autocheckpoint = 0")  # WalCheckpointer does it
     # When a writer starts the log over, it truncates a WAL grown past this back to it.
     conn.execute(f"PRAGMA journal_size_limit = {WAL_CHECKPOINT_BYTES}")
