@@ -1,6 +1,8 @@
-"""The one compiled part of snapd: snapd/_batchstat.c (see its comment and the README's design
-section). Optional: without a C compiler the install still succeeds and snapd/batchstat.py falls
-back to os.lstat. Everything else is declared in pyproject.toml."""
+"""The compiled parts of snapd: snapd/_batchstat.c (batched lstat and small reads) and
+snapd/_treepack.c (tree packing); see their comments and the README's design section. Both are
+optional: without a C compiler the install still succeeds and snapd/batchstat.py and
+snapd/index.py fall back to Python, with the same results. Everything else is declared in
+pyproject.toml."""
 
 import sys
 
@@ -17,5 +19,7 @@ if sys.platform.startswith("linux"):
             optional=True,
         )
     )
+# Portable C (GCC or Clang): built wherever there is a compiler.
+ext_modules.append(Extension("snapd._treepack", ["snapd/_treepack.c"], optional=True))
 
 setup(ext_modules=ext_modules)

@@ -26,6 +26,11 @@ from .store.format import (
     TreeEntry,
 )
 
+try:
+    from snapd import _treepack
+except ImportError:  # not built (no C compiler at install time, or not Linux): _pack_py
+    _treepack = None
+
 
 class FileNode:
     """A regular file or a symlink. ref: content id (file), chunk-list id (chunked) or target.
@@ -146,6 +151,8 @@ class DirNode:
         """
         part = _pack(sorted(self.entries), self.entries)
         assert part.raw is not None and part.kids is not None
+        if part._totals is not None:  # packed in C, which sums them on the way
+            self.totals = part._totals
         return part.raw, part.kids
 
     def encode_parts(self) -> list[Part]:
@@ -312,6 +319,20 @@ def _totals(nodes) -> tuple[int, int]:
 
 def _pack(names: list[bytes], entries: dict) -> Part:
     """A part holding these (sorted) names' entries; it keeps the list it is given."""
+    if _treepack is not None:
+        try:
+            raw, kids, dirs, nodes, *totals = _treepack.pack(names, entries, DirNode, TREE_MAGIC)
+        except _treepack.Unsupported:
+            pass  # a field out of the format's range: the same error (or bytes) from Python
+        else:
+            part = Part(names, nodes, dirs, raw, kids)
+            part._totals = (totals[0], totals[1])
+            return part
+    return _pack_py(names, entries)
+
+
+def _pack_py(names: list[bytes], entries: dict) -> Part:
+    """_pack without the C extension."""
     out = [TREE_MAGIC]
     add = out.append
     pack = TREE_ENTRY.pack
