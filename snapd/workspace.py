@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from . import index as idx
+from .admission import AdmissionGate
 from .diff import diff_trees
 from .errors import (
     FailedPrecondition,
@@ -40,6 +41,9 @@ log = logging.getLogger("snapd.workspace")
 
 # The timestamp probe file an open creates and removes in the workspace root.
 PROBE_PREFIX = INTERNAL_PREFIX + b"probe-"
+# A watched snapshot of at most this many dirty paths (and no subtree to rescan) waits for its
+# turn at the daemon's admission gate; larger ones compute alongside (snapd/admission.py).
+ADMIT_MAX_PATHS = 1000
 
 
 @dataclass
@@ -232,6 +236,8 @@ class Workspace:
         self.last_stats: dict = {}
         self._racy_paths: set[bytes] = set()
         self.watcher: TreeWatcher | None = None
+        # The daemon's gate for short snapshots (snapd/admission.py); None: not shared.
+        self.admission: AdmissionGate | None = None
         # Compresses what large ingests read while they read on (ObjectWriter.compress_behind):
         # one thread per workspace, so one workspace's first snapshot delays no other's commits.
         self._compress_helper: ThreadPoolExecutor | None = None
@@ -384,17 +390,24 @@ class Workspace:
 
     # --- snapshot -----------------------------------------------------------------------------
     def _scan(
-        self, sink, hints: Hints | None, *, full: bool = False
+        self,
+        sink,
+        hints: Hints | None,
+        *,
+        full: bool = False,
+        admitted: contextlib.ExitStack | None = None,
     ) -> tuple[bytes, IndexDelta, ScanStats]:
         """Bring the index up to date; returns (root tree id, persisted-index delta, stats).
 
         hints=None uses the watcher's dirty set when it has one, else walks the whole tree;
         full=True always walks (it catches what no watcher sees, e.g. writes through a hard
-        link from outside the workspace or through a shared mmap).
+        link from outside the workspace or through a shared mmap). admitted: a short scan
+        waits for its turn at the admission gate, and holds it until this stack closes.
         """
         # Until the operation commits, what it took from the watcher (given back on failure by
         # _reload_index, which every caller runs then) and whether a caller chose the paths.
         self._taken, self._caller_hints = None, hints is not None and not full
+        self._admission_wait_ms: float | None = None
         watcher = self.watcher
         if hints is None and watcher is not None and watcher.ready.is_set():
             watcher.barrier()
@@ -403,6 +416,16 @@ class Workspace:
                 hints = Hints(taken.paths, taken.subtrees)
         if full:
             hints = None
+        if (
+            admitted is not None
+            and self.admission is not None
+            and hints is not None
+            and not hints.subtrees
+            and len(hints.paths) <= ADMIT_MAX_PATHS
+        ):
+            t = time.perf_counter()
+            admitted.enter_context(self.admission.admit())  # after the barrier: waits overlap
+            self._admission_wait_ms = (time.perf_counter() - t) * 1000
         return self._scan_hinted(sink, hints)
 
     def _scan_hinted(self, sink, hints: Hints | None) -> tuple[bytes, IndexDelta, ScanStats]:
@@ -492,16 +515,18 @@ class Workspace:
         hinted paths when hints are given, of the whole tree otherwise or with full=True."""
         metadata = _check_metadata(metadata)
         t0 = time.perf_counter()
-        with self.lock:
+        with self.lock, contextlib.ExitStack() as admitted:
             self._check_open()
             with self.store.writer() as w:
                 try:
-                    root_id, delta, stats = self._scan(w, hints, full=full)
+                    root_id, delta, stats = self._scan(w, hints, full=full, admitted=admitted)
                     w.wait()  # the helper's compressed sizes count in new_bytes
                     st = stats.as_dict()
                     st["logical_bytes"], st["total_files"] = self.root.subtree_totals()
                     if self.watcher is not None:
                         st["watcher"] = dict(self.watcher.counters)
+                    if self._admission_wait_ms is not None:
+                        st["admission_wait_ms"] = round(self._admission_wait_ms, 3)
                     st.update(
                         new_objects=w.new_objects,
                         new_bytes=w.new_bytes,

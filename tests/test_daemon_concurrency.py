@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -155,3 +156,35 @@ def test_reads_do_not_wait_behind_a_busy_workspace(in_process_daemon, tmp_path) 
         assert blocked.result(60).label == "waits for the lock"
     holder.join(10)
     client.close()
+
+
+def test_a_snapshot_holding_the_admission_gate_long_holds_up_no_other(
+    in_process_daemon, tmp_path
+) -> None:
+    """Short watched snapshots queue at one shared gate (snapd/admission.py). One that keeps
+    its slot (here the test holds it, standing for a huge file in a small dirty set) stops
+    counting after LONG_HOLD, so another workspace's snapshot still completes."""
+    daemon = in_process_daemon
+    gate = daemon.registry.admission
+    assert gate is not None
+    client = Client("unix://" + daemon.config.socket)
+    d = tmp_path / "w"
+    treeutil.write(d, "a.txt", "v1")
+    ws = client.open_workspace(str(d), watch=True)
+    ws.snapshot()
+    with client:
+        _until_settled(client, ws.id)
+        treeutil.write(d, "a.txt", "v2")
+        with gate.admit():  # held for the whole snapshot below
+            snap = ws.snapshot(label="behind a long holder", timeout=60)
+        assert snap.stats["scan"] == "hinted"
+        assert snap.stats["admission_wait_ms"] >= 0
+        assert client.read_file(snap.id, "a.txt") == b"v2"
+        assert gate.waiting() == 0
+
+
+def _until_settled(client: Client, ws_id: int) -> None:
+    deadline = time.monotonic() + 60
+    while not (client.workspace(ws_id).stats().watcher or {}).get("settled"):
+        assert time.monotonic() < deadline, "the watcher did not settle"
+        time.sleep(0.02)

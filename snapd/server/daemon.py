@@ -39,6 +39,7 @@ from grpc_reflection.v1alpha import reflection
 from snapd_client._proto import snapd_pb2 as pb
 
 from .. import gcpolicy
+from ..admission import AdmissionGate
 from ..errors import FailedPrecondition, PermissionDenied, SnapdError
 from ..store.store import Store
 from .config import ServeConfig
@@ -165,7 +166,7 @@ class Daemon:
         self._store_lock = acquire_lock(
             os.path.join(self.store.root, STORE_DAEMON_LOCK), f"the store {self.store.root}"
         )
-        self.registry = Registry(self.store)
+        self.registry = Registry(self.store, AdmissionGate())
         if cfg.background_gc:
             from ..store.gc import BackgroundCollector
 

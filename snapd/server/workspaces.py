@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 
+from ..admission import AdmissionGate
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..store.store import Store
 from ..workspace import Workspace, WorkspaceSettings, fork, validate_workspace_path
@@ -26,8 +27,9 @@ def _inside(child: str, parent: str) -> bool:
 
 
 class Registry:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, admission: AdmissionGate | None = None) -> None:
         self.store = store
+        self.admission = admission  # shared by the open workspaces' short snapshots
         self._open: dict[int, Workspace] = {}
         self._lock = threading.Lock()  # guards _open and _gates
         self._gates: dict[int, threading.Lock] = {}
@@ -54,9 +56,13 @@ class Registry:
                     "directory with OpenWorkspace"
                 )
             ws = Workspace.open(self.store, rec.path, WorkspaceSettings.from_dict(rec.settings))
-            with self._lock:
-                self._open[ws_id] = ws
+            self._adopt(ws)
             return ws
+
+    def _adopt(self, ws: Workspace) -> None:
+        ws.admission = self.admission
+        with self._lock:
+            self._open[ws.id] = ws
 
     def peek(self, ws_id: int) -> Workspace | None:
         """The workspace if the daemon holds it open; never opens it."""
@@ -98,8 +104,7 @@ class Registry:
                     ws.update_settings(wanted)
                 return ws, False
             ws = Workspace.open(self.store, real, convert.merge_settings(None, settings))
-            with self._lock:
-                self._open[ws.id] = ws
+            self._adopt(ws)
             return ws, True
 
     def fork(self, snapshot_id: str, path: str, settings: convert.pb.WorkspaceSettings | None):
@@ -125,8 +130,7 @@ class Registry:
                 origin = self.store.get_workspace_by_id(src.workspace_id)
                 chosen = convert.merge_settings(origin.settings if origin else None, settings)
             ws, rec = fork(self.store, src.id, path, chosen)
-            with self._lock:
-                self._open[ws.id] = ws
+            self._adopt(ws)
             return ws, rec
 
     def close(self, ws_id: int, *, forget: bool = False) -> int:
