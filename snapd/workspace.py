@@ -238,6 +238,7 @@ class Workspace:
         self.watcher: TreeWatcher | None = None
         # The daemon's gate for short snapshots (snapd/admission.py); None: not shared.
         self.admission: AdmissionGate | None = None
+        self._admission_wait_ms: float | None = None  # the last scan's wait there, if it queued
         # Compresses what large ingests read while they read on (ObjectWriter.compress_behind):
         # one thread per workspace, so one workspace's first snapshot delays no other's commits.
         self._compress_helper: ThreadPoolExecutor | None = None
@@ -407,7 +408,7 @@ class Workspace:
         # Until the operation commits, what it took from the watcher (given back on failure by
         # _reload_index, which every caller runs then) and whether a caller chose the paths.
         self._taken, self._caller_hints = None, hints is not None and not full
-        self._admission_wait_ms: float | None = None
+        self._admission_wait_ms = None
         watcher = self.watcher
         if hints is None and watcher is not None and watcher.ready.is_set():
             watcher.barrier()
@@ -422,6 +423,7 @@ class Workspace:
             and hints is not None
             and not hints.subtrees
             and len(hints.paths) <= ADMIT_MAX_PATHS
+            and not (self._replace_index or self._walk_due or not self._links_known)
         ):
             t = time.perf_counter()
             admitted.enter_context(self.admission.admit())  # after the barrier: waits overlap
