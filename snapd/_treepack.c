@@ -33,18 +33,26 @@ typedef struct {
     unsigned long kind;
 } entry_t;
 
-/* An attribute as an integer in [lo, hi] (hi as unsigned), or -1 with Unsupported set. */
+/* The attribute, which must be an int (new reference), or NULL with an error set. */
+static PyObject *
+get_int(PyObject *node, PyObject *attr)
+{
+    PyObject *v = PyObject_GetAttr(node, attr);
+    if (v != NULL && !PyLong_CheckExact(v)) {
+        Py_DECREF(v);
+        PyErr_SetString(Unsupported, "an attribute is not an int");
+        return NULL;
+    }
+    return v;
+}
+
+/* An int attribute in [0, hi], or -1 with an error set (Unsupported when out of range). */
 static int
 get_uint(PyObject *node, PyObject *attr, unsigned long long hi, unsigned long long *out)
 {
-    PyObject *v = PyObject_GetAttr(node, attr);
+    PyObject *v = get_int(node, attr);
     if (v == NULL)
         return -1;
-    if (!PyLong_CheckExact(v)) {
-        Py_DECREF(v);
-        PyErr_SetString(Unsupported, "an attribute is not an int");
-        return -1;
-    }
     unsigned long long x = PyLong_AsUnsignedLongLong(v);
     Py_DECREF(v);
     if (PyErr_Occurred() || x > hi) {
@@ -56,17 +64,13 @@ get_uint(PyObject *node, PyObject *attr, unsigned long long hi, unsigned long lo
     return 0;
 }
 
+/* An int attribute that fits an int64, or -1 with an error set. */
 static int
 get_int64(PyObject *node, PyObject *attr, long long *out)
 {
-    PyObject *v = PyObject_GetAttr(node, attr);
+    PyObject *v = get_int(node, attr);
     if (v == NULL)
         return -1;
-    if (!PyLong_CheckExact(v)) {
-        Py_DECREF(v);
-        PyErr_SetString(Unsupported, "an attribute is not an int");
-        return -1;
-    }
     long long x = PyLong_AsLongLong(v);
     Py_DECREF(v);
     if (x == -1 && PyErr_Occurred()) {
