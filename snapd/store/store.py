@@ -1575,7 +1575,7 @@ def delta_edges(kids: list[bytes], base_kids: list[bytes]) -> list[bytes]:
         return kids
     base = set(base_kids)
     if len(base) == len(base_kids) and len(set(kids)) == len(kids):
-        # No id twice on either side (the usual case): a set difference, in C.
+        # No id twice on either side (the usual case): the ordered set difference.
         return [k for k in kids if k not in base]
     left: dict[bytes, int] = {}
     for k in base_kids:
