@@ -13,6 +13,8 @@ import random
 
 import crashloop_child
 import treeutil
+from hypothesis import given
+from hypothesis import strategies as st
 
 from snapd.store import gc
 from snapd.store.format import CODEC_ZSTD_DELTA, CODEC_ZSTD_DICT, KIND_TREE
@@ -280,3 +282,20 @@ def test_reading_a_dictionary_compressed_object_asks_the_catalog_nothing(ws, sto
             assert asked == []
     finally:
         del store.query
+
+
+_few_ids = st.lists(st.sampled_from([bytes([i]) * 32 for i in range(6)]), max_size=12)
+
+
+@given(_few_ids, _few_ids)
+def test_delta_edges_is_the_multiset_difference_in_the_objects_order(kids, base_kids):
+    """The fast path (no repeated id) and the counting loop give what a plain multiset
+    difference gives: each id of kids beyond as many copies as base_kids has, in order."""
+    left = list(base_kids)
+    expected = []
+    for k in kids:
+        if k in left:
+            left.remove(k)
+        else:
+            expected.append(k)
+    assert delta_edges(kids, base_kids) == expected
