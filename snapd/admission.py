@@ -2,10 +2,10 @@
 
 A watched snapshot is ~10 ms of mostly Python work, and Python threads share one interpreter
 lock. With 20 clients snapshotting at once, 20 threads trade that lock at every system call and
-SQLite statement: each snapshot then cost ~26 ms of daemon CPU instead of ~18 (context switches
-and cache misses), and throughput fell by a fifth. Letting one short snapshot compute at a time,
-first come first served, keeps the work the same as with one client; the others wait their
-turn without spending CPU.
+SQLite statement: each snapshot then cost 25-27 ms of daemon CPU instead of 16-21 (context
+switches and cache misses), and the daemon finished 15-30% fewer snapshots per second.
+Letting one short snapshot compute at a time, first come first served, keeps the work the same
+as with one client; the others wait their turn without spending CPU.
 
 A slot is not a lock: a holder that has kept its slot for `long_hold` seconds stops counting
 against the limit, and the next waiter goes in. So a snapshot that turns out large (one huge

@@ -417,20 +417,11 @@ class Workspace:
                 hints = Hints(taken.paths, taken.subtrees)
         if full:
             hints = None
-        if (
-            admitted is not None
-            and self.admission is not None
-            and hints is not None
-            and not hints.subtrees
-            and len(hints.paths) <= ADMIT_MAX_PATHS
-            and not (self._replace_index or self._walk_due or not self._links_known)
-        ):
-            t = time.perf_counter()
-            admitted.enter_context(self.admission.admit())  # after the barrier: waits overlap
-            self._admission_wait_ms = (time.perf_counter() - t) * 1000
-        return self._scan_hinted(sink, hints)
+        return self._scan_hinted(sink, hints, admitted)
 
-    def _scan_hinted(self, sink, hints: Hints | None) -> tuple[bytes, IndexDelta, ScanStats]:
+    def _scan_hinted(
+        self, sink, hints: Hints | None, admitted: contextlib.ExitStack | None = None
+    ) -> tuple[bytes, IndexDelta, ScanStats]:
         excludes_changed = self._refresh_excludes()
         if excludes_changed and self.watcher is not None:
             self.watcher.rewatch()
@@ -441,6 +432,17 @@ class Workspace:
             or not self._links_known
             or self._walk_due
         )
+        if (
+            admitted is not None
+            and self.admission is not None
+            and hints is not None
+            and not full
+            and not hints.subtrees
+            and len(hints.paths) <= ADMIT_MAX_PATHS
+        ):
+            t = time.perf_counter()
+            admitted.enter_context(self.admission.admit())  # after the barrier: waits overlap
+            self._admission_wait_ms = (time.perf_counter() - t) * 1000
         scanner = Scanner(
             self.rootfd,
             self.root,
