@@ -110,6 +110,27 @@ def rss_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def closed_loop_floor_ms(clients: int, daemon_cpu_ms: float, client_cpu_ms: float) -> dict:
+    """What the measured CPU per snapshot allows, whatever the scheduling: with `clients`
+    clients each waiting for its snapshot before its next edit, a round of `clients` snapshots
+    needs clients x (daemon + client CPU) of the machine's cores, and clients x daemon CPU of
+    the daemon's one interpreter lock (its Python work runs on one core at a time). A
+    snapshot's latency in the loop is at least the longer of the two, less its own edit."""
+    cores = os.cpu_count() or 1
+    return {
+        "cores": cores,
+        "cores_ms": clients * (daemon_cpu_ms + client_cpu_ms) / cores,
+        "interpreter_ms": clients * daemon_cpu_ms,
+    }
+
+
 def count_real_dirs(root: Path) -> int:
     """Directories the watcher should watch: root and every directory below (no symlinks)."""
     n = 1
@@ -587,15 +608,24 @@ def run_concurrency(
     except threading.BrokenBarrierError:
         pass
     t0 = time.perf_counter()
+    daemon_cpu0, own0 = cpu_seconds(daemon.pid), os.times()
     log(f"concurrency: {rounds} rounds of edit + snapshot")
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    daemon_cpu, own = cpu_seconds(daemon.pid) - daemon_cpu0, os.times()
+    # This process runs only the clients now: their edits, gRPC calls and waits.
+    client_cpu = (own.user + own.system) - (own0.user + own0.system)
     if errors:
         raise errors[0]
     flat = [x for per in latencies for x in per]
     hinted = sum(s == "hinted" for per in scans for s in per)
+    daemon_ms = daemon_cpu * 1000 / max(1, len(flat))
+    client_ms = client_cpu * 1000 / max(1, len(flat))
     return {
+        "daemon_cpu_ms": daemon_ms,
+        "client_cpu_ms": client_ms,
+        "floor": closed_loop_floor_ms(workspaces, daemon_ms, client_ms),
         "workspaces": workspaces,
         "files_per_workspace": files,
         "rounds": rounds,
@@ -763,6 +793,15 @@ def render(result: Result, out=sys.stdout) -> None:
                      _ms(d["max_ms"])]
                 )  # fmt: skip
         p(_table(["snapshot latency", "p50 ms", "p95 ms", "p99 ms", "max ms"], crow, {1, 2, 3, 4}))
+        if "floor" in cc:
+            fl = cc["floor"]
+            p(
+                f"CPU per snapshot: daemon {cc['daemon_cpu_ms']:.1f} ms, clients (this process: "
+                f"edits and calls) {cc['client_cpu_ms']:.1f} ms. Floor of the loop's latency "
+                f"from these: {cc['workspaces']} x daemon on one interpreter lock = "
+                f"{fl['interpreter_ms']:.0f} ms; {cc['workspaces']} x (daemon + clients) on "
+                f"{fl['cores']} cores = {fl['cores_ms']:.0f} ms."
+            )
 
     p("\ntargets (issue 5):")
     trow = [

@@ -60,6 +60,13 @@ def test_real_file_edits_are_reproducible_and_edit_real_files(tmp_path: Path) ->
     assert paths and not any(p.startswith("pkg0/") for p in paths)
 
 
+def test_closed_loop_floor() -> None:
+    cores = os.cpu_count() or 1
+    floor = bench_watch.closed_loop_floor_ms(20, 16.0, 4.0)
+    assert floor["interpreter_ms"] == 320.0  # 20 snapshots of 16 ms on one interpreter lock
+    assert floor["cores_ms"] == 20 * 20.0 / cores
+
+
 def test_run_end_to_end_on_a_tiny_tree(tmp_path: Path) -> None:
     base = _base_tree(tmp_path / "base", files=60)
     work = tmp_path / "work"
@@ -86,6 +93,9 @@ def test_run_end_to_end_on_a_tiny_tree(tmp_path: Path) -> None:
     assert result.concurrency is not None
     assert result.concurrency["snapshots"] == 2 * 2
     assert result.concurrency["daemon_ms"]["n"] == 2 * 2  # the daemon logged every round
+    assert result.concurrency["daemon_cpu_ms"] >= 0 and result.concurrency["client_cpu_ms"] >= 0
+    floor = result.concurrency["floor"]
+    assert floor["interpreter_ms"] == 2 * result.concurrency["daemon_cpu_ms"]
     keys = {r["key"] for r in result.summary}
     assert {"snap_watch", "snap_full", "undo"} <= keys
     assert len(bench_watch.targets(result)) == 6
