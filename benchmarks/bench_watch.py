@@ -117,17 +117,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def closed_loop_floor_ms(clients: int, daemon_cpu_ms: float, client_cpu_ms: float) -> dict:
-    """What the measured CPU per snapshot allows, whatever the scheduling: with `clients`
-    clients each waiting for its snapshot before its next edit, a round of `clients` snapshots
-    needs clients x (daemon + client CPU) of the machine's cores, and clients x daemon CPU of
-    the daemon's one interpreter lock (its Python work runs on one core at a time). A
-    snapshot's latency in the loop is at least the longer of the two, less its own edit."""
+def closed_loop_floor_ms(
+    clients: int, daemon_cpu_ms: float, client_cpu_ms: float, target_ms: float
+) -> dict:
+    """What the measured CPU per snapshot allows, whatever the scheduling. With `clients`
+    clients each waiting for its snapshot before its next edit, every round of `clients`
+    snapshots needs clients x (daemon + client CPU) of the machine's cores, so a client's
+    cycle (its edit, then its snapshot) takes at least that over the core count on average.
+    `daemon_budget_ms`: the most daemon CPU per snapshot that leaves that floor at
+    `target_ms`, with the clients' CPU as measured."""
     cores = os.cpu_count() or 1
     return {
         "cores": cores,
-        "cores_ms": clients * (daemon_cpu_ms + client_cpu_ms) / cores,
-        "interpreter_ms": clients * daemon_cpu_ms,
+        "cycle_ms": clients * (daemon_cpu_ms + client_cpu_ms) / cores,
+        "daemon_budget_ms": target_ms * cores / clients - client_cpu_ms,
     }
 
 
@@ -625,7 +628,7 @@ def run_concurrency(
     return {
         "daemon_cpu_ms": daemon_ms,
         "client_cpu_ms": client_ms,
-        "floor": closed_loop_floor_ms(workspaces, daemon_ms, client_ms),
+        "floor": closed_loop_floor_ms(workspaces, daemon_ms, client_ms, TARGET_CONCURRENT_P95_MS),
         "workspaces": workspaces,
         "files_per_workspace": files,
         "rounds": rounds,
@@ -794,13 +797,13 @@ def render(result: Result, out=sys.stdout) -> None:
                 )  # fmt: skip
         p(_table(["snapshot latency", "p50 ms", "p95 ms", "p99 ms", "max ms"], crow, {1, 2, 3, 4}))
         if "floor" in cc:
-            fl = cc["floor"]
+            fl, n = cc["floor"], cc["workspaces"]
             p(
                 f"CPU per snapshot: daemon {cc['daemon_cpu_ms']:.1f} ms, clients (this process: "
-                f"edits and calls) {cc['client_cpu_ms']:.1f} ms. Floor of the loop's latency "
-                f"from these: {cc['workspaces']} x daemon on one interpreter lock = "
-                f"{fl['interpreter_ms']:.0f} ms; {cc['workspaces']} x (daemon + clients) on "
-                f"{fl['cores']} cores = {fl['cores_ms']:.0f} ms."
+                f"edits and calls) {cc['client_cpu_ms']:.1f} ms. So a client's edit + snapshot "
+                f"cycle takes at least {n} x (daemon + clients) / {fl['cores']} cores = "
+                f"{fl['cycle_ms']:.0f} ms on average; for a {TARGET_CONCURRENT_P95_MS:.0f} ms "
+                f"cycle the daemon could spend {fl['daemon_budget_ms']:.1f} ms per snapshot."
             )
 
     p("\ntargets (issue 5):")
