@@ -266,11 +266,17 @@ class Workspace:
         return cls(store, rec.id, real, settings)
 
     def start_watcher(self) -> None:
-        if self.watcher is None:
-            self.settled.clear()
-            self.watcher = TreeWatcher(
-                self.path, self._watch_excluded, on_ready=self._refresh_when_watched
-            )
+        # Under the lock: the watcher's setup thread can finish and start the settling walk
+        # (refresh(), which takes this lock) before the constructor returns. Without the lock
+        # that walk could run while self.watcher was still None: it walked the tree without
+        # taking the watcher's "scan everything" state, and the first snapshot after
+        # settling walked the whole tree again.
+        with self.lock:
+            if self.watcher is None:
+                self.settled.clear()
+                self.watcher = TreeWatcher(
+                    self.path, self._watch_excluded, on_ready=self._refresh_when_watched
+                )
 
     def _refresh_when_watched(self) -> None:
         """Once every directory is watched, walk the tree once in the background.

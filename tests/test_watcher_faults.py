@@ -443,3 +443,30 @@ def test_snapshot_before_the_watches_are_ready_is_a_full_scan(open_ws, ws_dir) -
     _write(os.path.join(ws_dir, "d7", "f"), b"changed")
     snap_exact(ws, "snapshot when ready")
     assert wait_until(lambda: no_internal_files(ws_dir) == [], timeout=1)
+
+
+def test_watches_ready_before_the_watcher_is_assigned_still_settle_the_workspace(
+    open_ws, ws_dir, monkeypatch
+) -> None:
+    """The watcher's setup thread may finish (and start the walk that settles the workspace)
+    before its constructor has returned and the workspace holds it: on a loaded machine, 1 in
+    ~5 daemon opens of a small tree. That walk must still take the watcher's dirty set, or the
+    first snapshot after "settled" walks the whole tree again."""
+    import snapd.workspace as workspace_mod
+
+    class SlowToReturn(TreeWatcher):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            assert self.ready.wait(30)
+            time.sleep(0.2)  # the settling walk, started on ready, runs meanwhile if it can
+
+    monkeypatch.setattr(workspace_mod, "TreeWatcher", SlowToReturn)
+    for i in range(4):
+        os.makedirs(os.path.join(ws_dir, f"pkg{i}"))
+        _write(os.path.join(ws_dir, f"pkg{i}", "mod.py"), b"%d" % i)
+    ws = open_ws(ws_dir)
+    assert ws.settled.wait(30)
+    _write(os.path.join(ws_dir, "pkg1", "mod.py"), b"changed")
+    snap = snap_exact(ws, "first snapshot after settling")
+    assert snap.stats["scan"] == "hinted", snap.stats
+    assert snap.stats["read_files"] == 1, snap.stats
