@@ -798,12 +798,17 @@ def render(result: Result, out=sys.stdout) -> None:
         p(_table(["snapshot latency", "p50 ms", "p95 ms", "p99 ms", "max ms"], crow, {1, 2, 3, 4}))
         if "floor" in cc:
             fl, n = cc["floor"], cc["workspaces"]
+            budget = fl["daemon_budget_ms"]
             p(
                 f"CPU per snapshot: daemon {cc['daemon_cpu_ms']:.1f} ms, clients (this process: "
                 f"edits and calls) {cc['client_cpu_ms']:.1f} ms. So a client's edit + snapshot "
                 f"cycle takes at least {n} x (daemon + clients) / {fl['cores']} cores = "
                 f"{fl['cycle_ms']:.0f} ms on average; for a {TARGET_CONCURRENT_P95_MS:.0f} ms "
-                f"cycle the daemon could spend {fl['daemon_budget_ms']:.1f} ms per snapshot."
+                + (
+                    f"cycle the daemon could spend {budget:.1f} ms per snapshot."
+                    if budget > 0
+                    else "cycle the clients' CPU alone is too much."
+                )
             )
 
     p("\ntargets (issue 5):")
