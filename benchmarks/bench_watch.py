@@ -611,14 +611,14 @@ def run_concurrency(
     except threading.BrokenBarrierError:
         pass
     t0 = time.perf_counter()
-    daemon_cpu0, own0 = cpu_seconds(daemon.pid), os.times()
+    daemon_cpu0, client_cpu0 = cpu_seconds(daemon.pid), time.process_time()
     log(f"concurrency: {rounds} rounds of edit + snapshot")
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    daemon_cpu, own = cpu_seconds(daemon.pid) - daemon_cpu0, os.times()
     # This process runs only the clients now: their edits, gRPC calls and waits.
-    client_cpu = (own.user + own.system) - (own0.user + own0.system)
+    daemon_cpu = cpu_seconds(daemon.pid) - daemon_cpu0
+    client_cpu = time.process_time() - client_cpu0
     if errors:
         raise errors[0]
     flat = [x for per in latencies for x in per]

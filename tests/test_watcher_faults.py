@@ -449,9 +449,9 @@ def test_watches_ready_before_the_watcher_is_assigned_still_settle_the_workspace
     open_ws, ws_dir, monkeypatch
 ) -> None:
     """The watcher's setup thread may finish (and start the walk that settles the workspace)
-    before its constructor has returned and the workspace holds it: on a loaded machine, 1 in
-    ~5 daemon opens of a small tree. That walk must still take the watcher's dirty set, or the
-    first snapshot after "settled" walks the whole tree again."""
+    before its constructor has returned and the workspace holds it (7 of 30 daemon opens of a
+    small tree, under CPU and file-copy load). That walk must still take the watcher's dirty
+    set, or the first snapshot after "settled" walks the whole tree again."""
     import snapd.workspace as workspace_mod
 
     class SlowToReturn(TreeWatcher):
